@@ -1,0 +1,337 @@
+//! The commands: flags, environment and config file merged once, here, then run.
+//!
+//! Precedence for database settings: flag, then environment (`SPKY_DB_*`), then the `surrealdb:`
+//! block of sp00ky.yml, then defaults (an embedded SurrealKV store under `./.sp00ky/`, so a fresh
+//! machine needs no server).
+
+use std::process::ExitCode;
+
+use secrecy::SecretString;
+use surrealdb::types::{RecordId, ToSql};
+
+use crate::cli::{Cli, Command, EnqueueArgs, GlobalArgs, RunArgs, SchemaArgs};
+use crate::config::{self, Config, ConfigError, EnvLookup};
+use crate::retry::{RetryPolicy, Strategy};
+use crate::runner::{BackendRuntime, Runner, RunnerOptions};
+use crate::store::{self, DbSettings, NewJob, Store, StoreError};
+use crate::validate::{Routes, SpecError};
+
+/// Where the embedded default store lives.
+pub const DEFAULT_ENDPOINT: &str = "surrealkv://.sp00ky/db";
+
+/// Why a command stopped; the exit code tells scripts which kind of problem it was.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The database's tables are not ready for the runner; the message says what to apply.
+    #[error("{0}")]
+    Schema(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl AppError {
+    /// 78 (EX_CONFIG) for anything the user must fix in configuration or schema; 1 otherwise.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            AppError::Config(_) | AppError::Spec(_) | AppError::Schema(_) => ExitCode::from(78),
+            AppError::Usage(_) => ExitCode::from(2),
+            AppError::Store(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Database settings from flags, environment and the config file.
+pub fn db_settings(global: &GlobalArgs, file: &config::FileDatabase, env: EnvLookup<'_>) -> DbSettings {
+    let pick = |flag: &Option<String>, vars: &[&str], file: &Option<String>| {
+        flag.clone()
+            .or_else(|| vars.iter().find_map(|v| env(v).filter(|s| !s.is_empty())))
+            .or_else(|| file.clone())
+    };
+    DbSettings {
+        endpoint: pick(&global.db, &["SPKY_DB_WS", "SPKY_DB_URL"], &file.endpoint)
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+        namespace: pick(&global.namespace, &["SPKY_DB_NS"], &file.namespace).unwrap_or_else(|| "main".into()),
+        database: pick(&global.database, &["SPKY_DB_NAME"], &file.database).unwrap_or_else(|| "main".into()),
+        username: pick(&global.user, &["SPKY_DB_USER"], &file.username),
+        password: global
+            .pass
+            .clone()
+            .or_else(|| env("SPKY_DB_PASS"))
+            .map(SecretString::from)
+            .or_else(|| file.password.clone()),
+    }
+}
+
+/// Loads the configuration and compiles every backend's spec.
+pub fn load_backends(global: &GlobalArgs, retry: RetryPolicy, env: EnvLookup<'_>) -> Result<(Config, Vec<BackendRuntime>), AppError> {
+    let config = config::load(&global.config, env, retry)?;
+    let mut runtimes = Vec::new();
+    for backend in &config.backends {
+        let routes = match &backend.spec {
+            Some(path) => Routes::load(path)?,
+            None => {
+                tracing::warn!(
+                    backend = %backend.name,
+                    "no OpenAPI spec: payloads go unvalidated, and only plain absolute paths are called"
+                );
+                Routes::Unchecked
+            }
+        };
+        runtimes.push(BackendRuntime {
+            backend: backend.clone(),
+            routes,
+        });
+    }
+    Ok((config, runtimes))
+}
+
+/// What the start-up inspection found for one table.
+pub enum TableState {
+    Ready,
+    /// Missing; the runner creates it from the shipped schema.
+    Missing,
+}
+
+/// Inspects `table`: a table that lacks fields the runner writes is refused with the exact
+/// statements to apply.
+pub async fn inspect_table(store: &Store, table: &str) -> Result<TableState, AppError> {
+    let info = store.table_info(table).await?;
+    if !info.exists {
+        return Ok(TableState::Missing);
+    }
+    // `due_at` must be defined even on a schemaless table: its DEFAULT is what puts a row written
+    // by a Sp00ky client into the claim query.
+    let missing: Vec<&str> = store::RUNNER_FIELDS
+        .iter()
+        .copied()
+        .filter(|field| !info.fields.contains_key(*field))
+        .filter(|field| info.schemafull || *field == "due_at")
+        .collect();
+    if !missing.is_empty() {
+        return Err(AppError::Schema(format!(
+            "table `{table}` lacks fields the runner writes: {}. Apply these definitions (or run `sp00ky-job-runner schema --table {table} --apply`):\n\n{}\n",
+            missing.join(", "),
+            store::definitions_for(table, &missing)
+        )));
+    }
+    if info.indexes.is_empty() {
+        tracing::warn!(%table, "no index on the job table: the claim query scans it; apply `sp00ky-job-runner schema --table {table}`");
+    }
+    Ok(TableState::Ready)
+}
+
+async fn connect(global: &GlobalArgs, config: Option<&Config>, env: EnvLookup<'_>) -> Result<Store, AppError> {
+    let file = config.map(|c| c.database.clone()).unwrap_or_default();
+    let settings = db_settings(global, &file, env);
+    let store = Store::connect(settings).await?;
+    store.check_database().await?;
+    Ok(store)
+}
+
+/// Runs the parsed command line. Logging must already be set up.
+pub async fn main(cli: Cli, env: EnvLookup<'_>) -> Result<(), AppError> {
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => run(&cli.global, args, env, shutdown_signal()).await,
+        Command::Check => check(&cli.global, env).await,
+        Command::Schema(args) => schema(&cli.global, args, env).await,
+        Command::Enqueue(args) => enqueue(&cli.global, args, env).await,
+    }
+}
+
+/// Makes every job table ready: creates missing ones from the shipped schema, refuses ones that
+/// lack the runner's fields, and gives rows written before the schema a due time.
+pub async fn prepare_tables(store: &Store, backends: &[BackendRuntime]) -> Result<(), AppError> {
+    for runtime in backends {
+        let table = &runtime.backend.table;
+        if let TableState::Missing = inspect_table(store, table).await? {
+            tracing::info!(%table, "job table does not exist: defining it from schema/job.surql");
+            store.apply_schema(table).await?;
+        }
+        let backfilled = store.backfill_due(table).await?;
+        if backfilled > 0 {
+            tracing::info!(%table, rows = backfilled, "gave rows written before the runner's schema a due time");
+        }
+    }
+    Ok(())
+}
+
+/// `run`: serve every configured backend until `shutdown` completes.
+pub async fn run(
+    global: &GlobalArgs,
+    args: RunArgs,
+    env: EnvLookup<'_>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
+    let retry = RetryPolicy {
+        base: args.retry_base,
+        cap: args.retry_cap.max(args.retry_base),
+    };
+    let (config, backends) = load_backends(global, retry, env)?;
+    if backends.is_empty() {
+        return Err(AppError::Config(ConfigError {
+            origin: config.origin.clone(),
+            key: "backends".into(),
+            message: "no backend with `method: {type: outbox}` is configured: there is nothing to run".into(),
+        }));
+    }
+    let store = connect(global, Some(&config), env).await?;
+    prepare_tables(&store, &backends).await?;
+    let options = RunnerOptions {
+        concurrency: args.concurrency.max(1),
+        poll_interval: args.poll_interval,
+        lease: args.lease.max(std::time::Duration::from_secs(1)),
+        shutdown_grace: args.shutdown_grace,
+        ..RunnerOptions::default()
+    };
+    Runner::new(store, backends, options).run(shutdown).await;
+    Ok(())
+}
+
+/// `check`: print what the runner would serve; any problem is an error.
+pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+    let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
+    let store = connect(global, Some(&config), env).await?;
+    let settings = store.settings();
+    println!("config:    {}", config.origin);
+    println!(
+        "database:  {} (namespace {}, database {})",
+        settings.endpoint, settings.namespace, settings.database
+    );
+    if backends.is_empty() {
+        println!("backends:  none with `method: {{type: outbox}}`");
+    }
+    for runtime in &backends {
+        let backend = &runtime.backend;
+        let state = match inspect_table(&store, &backend.table).await? {
+            TableState::Ready => "ready",
+            TableState::Missing => "missing (run creates it)",
+        };
+        println!("backend:   {}", backend.name);
+        println!("  table:   {} ({state})", backend.table);
+        println!("  baseUrl: {}", backend.base_url);
+        println!("  auth:    {}", if backend.token.is_some() { "bearer token (hidden)" } else { "none" });
+        println!(
+            "  timeout: {} s{}",
+            backend.timeout.as_secs(),
+            if backend.timeout_overridable { " (rows may override)" } else { "" }
+        );
+        println!("  retry:   base {:?}, cap {:?}", backend.retry.base, backend.retry.cap);
+        for route in runtime.routes.describe() {
+            println!("  route:   {route}");
+        }
+    }
+    Ok(())
+}
+
+/// `schema`: print, or apply idempotently.
+pub async fn schema(global: &GlobalArgs, args: SchemaArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+    let config = if args.table.is_none() && (global.config.exists() || env("SPKY_JOB_CONFIG").is_some()) {
+        Some(config::load(&global.config, env, RetryPolicy::default())?)
+    } else {
+        None
+    };
+    let tables: Vec<String> = match (&args.table, &config) {
+        (Some(table), _) => {
+            if !config::is_identifier(table) {
+                return Err(AppError::Usage(format!("--table {table:?}: must be letters, digits and underscores")));
+            }
+            vec![table.clone()]
+        }
+        (None, Some(config)) if !config.backends.is_empty() => config.backends.iter().map(|b| b.table.clone()).collect(),
+        _ => vec!["job".into()],
+    };
+    if !args.apply {
+        for table in &tables {
+            println!("{};", store::schema_for(table).trim_end().trim_end_matches(';'));
+        }
+        return Ok(());
+    }
+    let file = config.as_ref().map(|c| c.database.clone()).unwrap_or_default();
+    let store = Store::connect(db_settings(global, &file, env)).await?;
+    store.define_namespace_and_database().await?;
+    for table in &tables {
+        store.apply_schema(table).await?;
+        println!("applied schema to table {table}");
+    }
+    Ok(())
+}
+
+/// `enqueue`: create a job like `db.run`: the route must exist and the payload must validate.
+pub async fn enqueue(global: &GlobalArgs, args: EnqueueArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+    let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
+    let runtime = backends
+        .iter()
+        .find(|b| b.backend.name == args.backend)
+        .ok_or_else(|| {
+            let names: Vec<&str> = backends.iter().map(|b| b.backend.name.as_str()).collect();
+            AppError::Usage(format!("no backend named {:?}; configured: {}", args.backend, names.join(", ")))
+        })?;
+    let payload: serde_json::Value = serde_json::from_str(&args.payload)
+        .map_err(|e| AppError::Usage(format!("--payload is not JSON: {e}")))?;
+    runtime
+        .routes
+        .prepare(&runtime.backend.base_url, &args.path, payload.clone())
+        .map_err(|failure| AppError::Usage(failure.reason))?;
+    if Strategy::parse(&args.retry_strategy).is_none() {
+        return Err(AppError::Usage("--retry-strategy must be linear or exponential".into()));
+    }
+    if let Some(timeout) = args.timeout
+        && !config::TIMEOUT_RANGE_SECS.contains(&u64::from(timeout))
+    {
+        return Err(AppError::Usage("--timeout must be 1 to 3600 seconds".into()));
+    }
+    let assigned_to = args
+        .assigned_to
+        .as_deref()
+        .map(|text| {
+            RecordId::parse_simple(text).map_err(|e| AppError::Usage(format!("--assigned-to {text:?} is not a record id: {e}")))
+        })
+        .transpose()?;
+    let store = connect(global, Some(&config), env).await?;
+    let table = &runtime.backend.table;
+    if let TableState::Missing = inspect_table(&store, table).await? {
+        store.apply_schema(table).await?;
+    }
+    let id = store
+        .enqueue(
+            table,
+            NewJob {
+                path: args.path,
+                payload: payload.to_string(),
+                max_retries: args.max_retries,
+                retry_strategy: args.retry_strategy,
+                timeout: args.timeout,
+                assigned_to,
+            },
+        )
+        .await?;
+    println!("{}", id.to_sql());
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one ends the process at once (leases then
+/// rescue whatever was in flight).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received; send another to stop at once");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}

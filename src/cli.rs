@@ -1,0 +1,164 @@
+//! Command-line arguments as the user gave them. Nothing here does I/O; [`crate::app`] resolves
+//! them (with the environment and the config file) into what the commands run with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Executes Sp00ky outbox jobs stored in SurrealDB.
+#[derive(Debug, Parser)]
+#[command(name = "sp00ky-job-runner", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// The sp00ky.yml to read (ignored when SPKY_JOB_CONFIG is set).
+    #[arg(long, global = true, env = "SPKY_CONFIG", default_value = "sp00ky.yml")]
+    pub config: PathBuf,
+    /// SurrealDB endpoint: ws://, wss://, http://, https://, mem://, surrealkv://PATH
+    /// [env: SPKY_DB_WS, SPKY_DB_URL; default: surrealkv://.sp00ky/db].
+    #[arg(long, global = true)]
+    pub db: Option<String>,
+    /// SurrealDB namespace [env: SPKY_DB_NS; else sp00ky.yml surrealdb.namespace; default: main].
+    #[arg(long, global = true)]
+    pub namespace: Option<String>,
+    /// SurrealDB database [env: SPKY_DB_NAME; else sp00ky.yml surrealdb.database; default: main].
+    #[arg(long, global = true)]
+    pub database: Option<String>,
+    /// SurrealDB root user [env: SPKY_DB_USER].
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// SurrealDB password [env: SPKY_DB_PASS]; prefer the variable, a flag is visible in `ps`.
+    #[arg(long, global = true)]
+    pub pass: Option<String>,
+    /// Log format: readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs until stopped (the default).
+    Run(RunArgs),
+    /// Load the config and specs, connect, inspect the tables, print what the runner would serve.
+    Check,
+    /// Print (or apply) the job table schema.
+    Schema(SchemaArgs),
+    /// Create a job the way a Sp00ky client's db.run does, after the same checks; prints its id.
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Jobs running at once, across all backends.
+    #[arg(long, env = "SPKY_RUNNER_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub poll_interval: Duration,
+    /// How long a claim holds without renewal; a crashed runner's jobs are rescued after this.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease: Duration,
+    /// How long in-flight jobs may finish after SIGINT/SIGTERM before they are put back.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_grace: Duration,
+    /// First retry delay, for backends that do not set `retry.baseMs`.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub retry_base: Duration,
+    /// Longest retry delay, for backends that do not set `retry.maxDelayMs`.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub retry_cap: Duration,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs::parse_from_defaults()
+    }
+}
+
+impl RunArgs {
+    fn parse_from_defaults() -> RunArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Wrapper::parse_from(["run"]).args
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SchemaArgs {
+    /// The table to define (default: every configured job table, or `job` without a config).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Apply it to the database (idempotent) instead of printing it.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EnqueueArgs {
+    /// The backend's name in the configuration.
+    pub backend: String,
+    /// A route of the backend's spec, e.g. /spookify.
+    pub path: String,
+    /// The payload as JSON.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    #[arg(long, default_value_t = 3)]
+    pub max_retries: u32,
+    /// linear or exponential.
+    #[arg(long, default_value = "linear")]
+    pub retry_strategy: String,
+    /// The record this job concerns, e.g. thread:abc.
+    #[arg(long)]
+    pub assigned_to: Option<String>,
+    /// Per-job timeout in seconds (honoured when the backend allows it).
+    #[arg(long)]
+    pub timeout: Option<u32>,
+}
+
+/// `500ms`, `15s`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 15s or 5m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn run_defaults() {
+        let args = RunArgs::default();
+        assert_eq!(args.lease, Duration::from_secs(15));
+        assert_eq!(args.poll_interval, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,32 @@
+//! sp00ky-job-runner executes the outbox jobs that Sp00ky apps write into SurrealDB.
+//!
+//! # Layout
+//!
+//! The life of one job, in the order it happens:
+//!
+//! - [`config`]: load the backends from `sp00ky.yml` or `SPKY_JOB_CONFIG`.
+//! - [`claim`]: find due rows and take each one by compare-and-set; read the row.
+//! - [`validate`]: check the row's path and payload against the OpenAPI spec; build the request.
+//! - [`call`]: send it to the backend.
+//! - [`record`]: decide success, retry or failure, and write it back, fenced by the claim token.
+//!
+//! Around them:
+//!
+//! - [`store`]: the only module that speaks SurrealQL.
+//! - [`failure`]: the stable shape of an attempt's error, and retryable vs permanent.
+//! - [`retry`]: the delay formula.
+//! - [`runner`]: the loop, concurrency, leases and shutdown.
+//! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
+
+pub mod app;
+pub mod call;
+pub mod claim;
+pub mod cli;
+pub mod config;
+pub mod failure;
+pub mod logging;
+pub mod record;
+pub mod retry;
+pub mod runner;
+pub mod store;
+pub mod validate;

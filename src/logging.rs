@@ -1,0 +1,21 @@
+//! Log setup: readable text on a terminal, one JSON object per line for machines, level from
+//! `RUST_LOG` (default `info`). Lines go to stderr and are written whole, one at a time, so a
+//! parent process that prefixes each line (like `spky dev`) never splits one.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber; that is fine.
+    drop(result);
+}

@@ -1,0 +1,363 @@
+//! The loop that drives jobs through their life: claim → validate → call → record.
+//!
+//! One task polls and claims; each claimed job runs in its own task, at most `concurrency` at a
+//! time (a semaphore), so a slow backend never blocks the others. The poller wakes on a LIVE
+//! SELECT notification, when a job finishes and the last poll was full, or every
+//! `poll_interval` (live queries can miss notifications, and retries become due by the clock).
+//! While a call runs, its task renews the lease every third of its length.
+//!
+//! Shutdown: claiming stops, in-flight jobs get `shutdown_grace` to finish, then the rest are
+//! cancelled and put back to `pending` without spending an attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::call::{CallContext, Caller};
+use crate::claim::{Claimer, Job};
+use crate::config::Backend;
+use crate::failure::Failure;
+use crate::record::{self, Decision, Written};
+use crate::store::Store;
+use crate::validate::Routes;
+
+/// Tuning of the loop; defaults are in [`RunnerOptions::default`].
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Jobs running at once, across all backends.
+    pub concurrency: usize,
+    /// The longest the runner waits between two looks at the tables.
+    pub poll_interval: Duration,
+    /// How long a claim holds without renewal; a dead runner's jobs are rescued after this.
+    pub lease: Duration,
+    /// How long in-flight jobs may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Names this runner in the rows it claims (`assignee`).
+    pub runner_id: String,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            concurrency: 32,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            runner_id: default_runner_id(),
+        }
+    }
+}
+
+/// `host:pid:random`, unique per process even when two runners share a host.
+pub fn default_runner_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// A backend with its compiled routes.
+pub struct BackendRuntime {
+    pub backend: Backend,
+    pub routes: Routes,
+}
+
+/// Everything a job task needs, shared.
+struct Shared {
+    store: Store,
+    caller: Caller,
+    options: RunnerOptions,
+}
+
+pub struct Runner {
+    shared: Arc<Shared>,
+    backends: Vec<Arc<BackendRuntime>>,
+    claimer: Claimer,
+}
+
+impl Runner {
+    pub fn new(store: Store, backends: Vec<BackendRuntime>, options: RunnerOptions) -> Runner {
+        let claimer = Claimer {
+            runner_id: options.runner_id.clone(),
+            lease: options.lease,
+        };
+        Runner {
+            shared: Arc::new(Shared {
+                store,
+                caller: Caller::new(),
+                options,
+            }),
+            backends: backends.into_iter().map(Arc::new).collect(),
+            claimer,
+        }
+    }
+
+    /// Runs until `shutdown` completes, then drains as described in the module docs.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let options = &self.shared.options;
+        let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let wake = Arc::new(Notify::new());
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let mut watchers = JoinSet::new();
+        for backend in &self.backends {
+            watchers.spawn(watch_table(
+                self.shared.store.clone(),
+                backend.backend.table.clone(),
+                wake.clone(),
+            ));
+        }
+        tracing::info!(
+            runner = %options.runner_id,
+            backends = self.backends.len(),
+            concurrency = options.concurrency,
+            "runner started"
+        );
+
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        let mut more_work = false;
+        let mut next_backend = 0usize;
+        let mut next_poll = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(next_poll) => {}
+                () = wake.notified() => {}
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {
+                    // A slot freed up: look again at once only if the last look left work behind.
+                    if !more_work {
+                        continue;
+                    }
+                }
+            }
+            if semaphore.available_permits() == 0 {
+                // Full: the next finished job triggers the next look.
+                more_work = true;
+                next_poll = tokio::time::Instant::now() + options.poll_interval;
+                continue;
+            }
+            more_work = self
+                .claim_round(&semaphore, &mut jobs, &mut next_backend, &cancel_rx)
+                .await;
+            let again_now = more_work && semaphore.available_permits() > 0;
+            next_poll = tokio::time::Instant::now()
+                + if again_now { Duration::ZERO } else { options.poll_interval };
+        }
+
+        watchers.abort_all();
+        let in_flight = jobs.len();
+        tracing::info!(in_flight, grace = ?options.shutdown_grace, "shutting down: no new claims");
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(remaining = jobs.len(), "grace period over: cancelling and releasing the remaining jobs");
+            let _ = cancel_tx.send(true);
+            let released = tokio::time::timeout(Duration::from_secs(10), async {
+                while jobs.join_next().await.is_some() {}
+            })
+            .await;
+            if released.is_err() {
+                jobs.abort_all();
+            }
+        }
+        tracing::info!("runner stopped");
+    }
+
+    /// Claims for every backend while there is room. Returns whether any backend had more due
+    /// work than there was room for.
+    async fn claim_round(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        jobs: &mut JoinSet<()>,
+        next_backend: &mut usize,
+        cancel: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut more = false;
+        let count = self.backends.len();
+        for offset in 0..count {
+            let room = semaphore.available_permits();
+            if room == 0 {
+                return true;
+            }
+            // Start with a different backend each round so one busy table cannot starve another.
+            let backend = &self.backends[(*next_backend + offset) % count];
+            match self
+                .claimer
+                .claim(&self.shared.store, &backend.backend.table, room)
+                .await
+            {
+                Ok(claimed) => {
+                    more |= claimed.len() == room;
+                    for job in claimed {
+                        let permit = semaphore
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("claimed no more than the free permits");
+                        let shared = self.shared.clone();
+                        let backend = backend.clone();
+                        let cancel = cancel.clone();
+                        jobs.spawn(async move {
+                            execute(&shared, &backend, job, cancel).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) if e.is_conflict() => more = true,
+                Err(e) => {
+                    tracing::warn!(backend = %backend.backend.name, error = %e, "could not claim jobs");
+                }
+            }
+        }
+        *next_backend = (*next_backend + 1) % count.max(1);
+        more
+    }
+}
+
+/// Keeps a LIVE SELECT open on `table` and turns each notification into a wake-up. Re-arms the
+/// query with a capped backoff whenever it ends or cannot be started.
+async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
+    use futures::StreamExt;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match store.watch_pending(&table).await {
+            Ok(mut stream) => {
+                pause = Duration::from_millis(200);
+                // Anything may have changed while the query was down.
+                wake.notify_one();
+                while stream.next().await.is_some() {
+                    wake.notify_one();
+                }
+                tracing::debug!(%table, "live query ended; re-arming");
+            }
+            Err(e) => {
+                tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Runs one attempt of `job` and records its outcome.
+async fn execute(shared: &Shared, backend: &BackendRuntime, job: Job, mut cancel: watch::Receiver<bool>) {
+    let started = Instant::now();
+    let config = &backend.backend;
+    let attempt = job.attempt();
+    if let Some(due) = job.due_at {
+        let lag = (Utc::now() - due).num_milliseconds();
+        tracing::debug!(job = %job.display_id, lag_ms = lag, "claimed");
+    }
+
+    let prepared = job.row.clone().and_then(|row| {
+        let timeout = match (config.timeout_overridable, row.timeout) {
+            (true, Some(secs)) => Duration::from_secs(secs),
+            _ => config.timeout,
+        };
+        backend
+            .routes
+            .prepare(&config.base_url, &row.path, row.payload)
+            .map(|request| (request, timeout))
+    });
+
+    let result: Result<(), Failure> = match prepared {
+        Err(failure) => Err(failure),
+        Ok((request, timeout)) => {
+            let call = shared.caller.call(
+                request,
+                CallContext {
+                    job_id: &job.display_id,
+                    attempt,
+                    token: config.token.as_ref(),
+                    timeout,
+                },
+            );
+            match hold_lease_during(shared, &job, call, &mut cancel).await {
+                LeaseOutcome::Finished(result) => result,
+                LeaseOutcome::Lost => {
+                    tracing::warn!(job = %job.display_id, "lost the lease while calling; another runner owns the job now");
+                    return;
+                }
+                LeaseOutcome::Cancelled => {
+                    match shared.store.release(&job.id, &job.token).await {
+                        Ok(true) => tracing::info!(job = %job.display_id, "released unfinished job back to pending"),
+                        Ok(false) => tracing::warn!(job = %job.display_id, "could not release: the lease was already gone"),
+                        Err(e) => tracing::warn!(job = %job.display_id, error = %e, "could not release; the lease will expire"),
+                    }
+                    return;
+                }
+            }
+        }
+    };
+
+    let decision = record::decide(&job, result, &config.retry, Utc::now());
+    match record::write(&shared.store, &job, &decision, shared.options.lease).await {
+        Ok(Written::Recorded) => log_outcome(&job, &config.name, &decision, started.elapsed()),
+        Ok(Written::LostLease) => {
+            tracing::warn!(job = %job.display_id, "result not written: the lease was taken over by another runner")
+        }
+        Err(e) => tracing::error!(job = %job.display_id, error = %e, "could not record the outcome; the lease rescue will retry the job"),
+    }
+}
+
+enum LeaseOutcome {
+    Finished(Result<(), Failure>),
+    Lost,
+    Cancelled,
+}
+
+/// Drives `call` while renewing the lease every third of its length.
+async fn hold_lease_during(
+    shared: &Shared,
+    job: &Job,
+    call: impl std::future::Future<Output = Result<(), Failure>>,
+    cancel: &mut watch::Receiver<bool>,
+) -> LeaseOutcome {
+    let lease = shared.options.lease;
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => return LeaseOutcome::Finished(result),
+            _ = renew.tick() => {
+                match shared.store.extend_lease(&job.id, &job.token, Utc::now() + lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return LeaseOutcome::Lost,
+                    // The database may be back before the lease ends; keep calling.
+                    Err(e) => tracing::warn!(job = %job.display_id, error = %e, "could not renew the lease"),
+                }
+            }
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    return LeaseOutcome::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+fn log_outcome(job: &Job, backend: &str, decision: &Decision, elapsed: Duration) {
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match decision {
+        Decision::Success => {
+            tracing::info!(job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms, "job succeeded")
+        }
+        Decision::Retry { failure, due_at } => tracing::warn!(
+            job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms,
+            kind = failure.kind.as_str(), code = failure.code, reason = %failure.reason, retry_at = %due_at,
+            "attempt failed; retry scheduled"
+        ),
+        Decision::Failed { failure } => tracing::warn!(
+            job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms,
+            kind = failure.kind.as_str(), code = failure.code, reason = %failure.reason,
+            "job failed"
+        ),
+    }
+}

@@ -1,0 +1,759 @@
+//! The only module that speaks SurrealQL. Every statement the runner sends is in this file, every
+//! result is checked, and every write-back is fenced by the claim's `lease_token`.
+//!
+//! Table names are formatted into statements (SurrealQL cannot bind a table name into an indexed
+//! `FROM`); they are checked by [`crate::config::is_identifier`] when the configuration loads,
+//! and [`Store::table`] refuses anything else, so no row or request can inject one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::types::{RecordId, Value};
+
+use crate::config::is_identifier;
+use crate::failure::Failure;
+
+/// The shipped schema, written for a table named `job`.
+pub const SCHEMA: &str = include_str!("../schema/job.surql");
+
+/// Fields the runner writes: a SCHEMAFULL table without them cannot store its results.
+pub const RUNNER_FIELDS: [&str; 7] = [
+    "status",
+    "retries",
+    "errors",
+    "updated_at",
+    "due_at",
+    "assignee",
+    "lease_token",
+];
+
+/// A failure to talk to SurrealDB, as opposed to a job's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to SurrealDB at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: surrealdb::Error,
+    },
+    #[error(
+        "SurrealDB namespace `{namespace}` or database `{database}` does not exist: run `sp00ky-job-runner schema --apply` to define them ({source})"
+    )]
+    Missing {
+        namespace: String,
+        database: String,
+        source: surrealdb::Error,
+    },
+    #[error("SurrealDB refused `{statement}`: {source}")]
+    Query {
+        statement: &'static str,
+        source: surrealdb::Error,
+    },
+    #[error("unexpected answer to `{statement}`: {detail}")]
+    Shape {
+        statement: &'static str,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// A transaction conflict means another runner touched the same rows at the same moment:
+    /// the statement is tried again later, and it is never a job failure.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            StoreError::Query { source, .. } => {
+                let text = source.to_string().to_ascii_lowercase();
+                text.contains("conflict") || text.contains("retried")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `mem://`, `surrealkv://path`, `ws://host:port`, `http://...`: anything `engine::any` takes.
+    pub endpoint: String,
+    pub namespace: String,
+    pub database: String,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+impl DbSettings {
+    /// Embedded engines live in this process: the runner owns them, so it may define the
+    /// namespace and database itself.
+    pub fn is_embedded(&self) -> bool {
+        let scheme = self.endpoint.split("://").next().unwrap_or_default();
+        matches!(scheme, "mem" | "memory" | "surrealkv" | "rocksdb" | "file")
+    }
+}
+
+/// What `INFO FOR TABLE` says, reduced to what the start-up check needs.
+#[derive(Debug, Clone, Default)]
+pub struct TableInfo {
+    pub exists: bool,
+    pub schemafull: bool,
+    pub fields: BTreeMap<String, String>,
+    pub indexes: BTreeMap<String, String>,
+}
+
+/// A row that may be claimed: its id and what the claim must compare against.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: RecordId,
+    /// `pending`, or `processing` for a row whose lease has run out.
+    pub status: String,
+    /// The fencing token seen; the rescue of an expired lease compares against it.
+    pub lease_token: String,
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+/// A claimed row: the id, and the rest of the row as JSON for the lenient reader in `claim`.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: RecordId,
+    pub fields: serde_json::Value,
+}
+
+/// How a finished attempt is written back.
+#[derive(Debug, Clone)]
+pub enum WriteBack<'a> {
+    Success,
+    /// Back to `pending`, due at the given time, with the failure appended.
+    Retry {
+        failure: &'a Failure,
+        attempt: u32,
+        due_at: DateTime<Utc>,
+    },
+    /// `failed`, with the failure appended.
+    Failed { failure: &'a Failure, attempt: u32 },
+}
+
+/// The database handle. Cloning shares one connection.
+#[derive(Clone)]
+pub struct Store {
+    db: Surreal<Any>,
+    settings: DbSettings,
+}
+
+fn query_err(statement: &'static str) -> impl FnOnce(surrealdb::Error) -> StoreError {
+    move |source| StoreError::Query { statement, source }
+}
+
+impl Store {
+    /// Connects, signs in when a user is given, and selects the namespace and database. On an
+    /// embedded engine the namespace and database are defined when missing.
+    pub async fn connect(settings: DbSettings) -> Result<Store, StoreError> {
+        let endpoint = settings.endpoint.clone();
+        let connect_err = |source| StoreError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let db = surrealdb::engine::any::connect(settings.endpoint.as_str())
+            .await
+            .map_err(connect_err)?;
+        if let Some(username) = &settings.username {
+            let password = settings
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string())
+                .unwrap_or_default();
+            db.signin(surrealdb::opt::auth::Root {
+                username: username.clone(),
+                password,
+            })
+            .await
+            .map_err(connect_err)?;
+        }
+        let store = Store { db, settings };
+        if store.settings.is_embedded() {
+            store.define_namespace_and_database().await?;
+        }
+        store
+            .db
+            .use_ns(store.settings.namespace.as_str())
+            .use_db(store.settings.database.as_str())
+            .await
+            .map_err(connect_err)?;
+        Ok(store)
+    }
+
+    pub fn settings(&self) -> &DbSettings {
+        &self.settings
+    }
+
+    /// `DEFINE NAMESPACE` and `DEFINE DATABASE`, idempotently.
+    pub async fn define_namespace_and_database(&self) -> Result<(), StoreError> {
+        const STATEMENT: &str = "DEFINE NAMESPACE IF NOT EXISTS; DEFINE DATABASE IF NOT EXISTS";
+        let ns = ident(&self.settings.namespace);
+        let db = ident(&self.settings.database);
+        self.db
+            .query(format!(
+                "DEFINE NAMESPACE IF NOT EXISTS {ns}; USE NS {ns}; DEFINE DATABASE IF NOT EXISTS {db};"
+            ))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        Ok(())
+    }
+
+    /// Checks that the namespace and database exist, with an error that says how to fix it.
+    pub async fn check_database(&self) -> Result<(), StoreError> {
+        match self.db.query("INFO FOR DB").await.and_then(|r| r.check()) {
+            Ok(_) => Ok(()),
+            Err(source) if source.to_string().contains("does not exist") => Err(StoreError::Missing {
+                namespace: self.settings.namespace.clone(),
+                database: self.settings.database.clone(),
+                source,
+            }),
+            Err(source) => Err(StoreError::Query {
+                statement: "INFO FOR DB",
+                source,
+            }),
+        }
+    }
+
+    /// The table name, checked once more at the last moment before it enters a statement.
+    fn table(table: &str) -> Result<&str, StoreError> {
+        if is_identifier(table) {
+            Ok(table)
+        } else {
+            Err(StoreError::Shape {
+                statement: "(table name)",
+                detail: format!("{table:?} is not a plain identifier"),
+            })
+        }
+    }
+
+    pub async fn table_info(&self, table: &str) -> Result<TableInfo, StoreError> {
+        let table = Self::table(table)?;
+        let mut response = self
+            .db
+            .query("INFO FOR DB")
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err("INFO FOR DB"))?;
+        let db_info: Option<serde_json::Value> = response.take(0).map_err(query_err("INFO FOR DB"))?;
+        let db_info = db_info.unwrap_or_default();
+        let Some(definition) = db_info
+            .get("tables")
+            .and_then(|t| t.get(table))
+            .and_then(|d| d.as_str())
+        else {
+            return Ok(TableInfo::default());
+        };
+        let mut response = self
+            .db
+            .query(format!("INFO FOR TABLE {table}"))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err("INFO FOR TABLE"))?;
+        let info: Option<serde_json::Value> = response.take(0).map_err(query_err("INFO FOR TABLE"))?;
+        let info = info.unwrap_or_default();
+        let strings = |key: &str| -> BTreeMap<String, String> {
+            info.get(key)
+                .and_then(|v| v.as_object())
+                .map(|map| {
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(TableInfo {
+            exists: true,
+            schemafull: definition.contains("SCHEMAFULL"),
+            fields: strings("fields"),
+            indexes: strings("indexes"),
+        })
+    }
+
+    /// Applies the shipped schema to `table`; every statement is `IF NOT EXISTS`.
+    pub async fn apply_schema(&self, table: &str) -> Result<(), StoreError> {
+        let table = Self::table(table)?;
+        self.db
+            .query(schema_for(table))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err("schema/job.surql"))?;
+        Ok(())
+    }
+
+    /// Rows written before the table had a `due_at` default (or by Sp00ky's reference runner,
+    /// which leaves crashed jobs `processing` forever) get one, so the claim query sees them.
+    pub async fn backfill_due(&self, table: &str) -> Result<usize, StoreError> {
+        const STATEMENT: &str = "UPDATE ... SET due_at WHERE due_at = NONE";
+        let table = Self::table(table)?;
+        let mut response = self
+            .db
+            .query(format!(
+                "UPDATE {table} SET due_at = created_at ?? time::now() \
+                 WHERE due_at = NONE AND status IN ['pending', 'processing'] RETURN id"
+            ))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(rows.len())
+    }
+
+    /// Due rows, oldest first: pending ones and processing ones whose lease has run out.
+    pub async fn due_candidates(
+        &self,
+        table: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        const STATEMENT: &str = "SELECT due rows";
+        let table = Self::table(table)?;
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT id, status, lease_token, due_at FROM {table} \
+                   WHERE status = 'pending' AND due_at <= $now ORDER BY due_at LIMIT $limit; \
+                 SELECT id, status, lease_token, due_at FROM {table} \
+                   WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
+            ))
+            .bind(("now", now))
+            .bind(("limit", limit as i64))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let mut candidates = Vec::new();
+        for index in 0..2 {
+            let rows: Vec<Value> = response.take(index).map_err(query_err(STATEMENT))?;
+            for row in rows {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                candidates.push(Candidate {
+                    id,
+                    status: fields["status"].as_str().unwrap_or_default().to_string(),
+                    lease_token: fields["lease_token"].as_str().unwrap_or_default().to_string(),
+                    due_at: fields["due_at"]
+                        .as_str()
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .map(|d| d.with_timezone(&Utc)),
+                });
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Claims pending rows by compare-and-set: a row is taken only if it is still pending and due.
+    /// Returns the rows this call won; rows another runner took are simply absent.
+    pub async fn claim_pending(
+        &self,
+        ids: Vec<RecordId>,
+        runner: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        const STATEMENT: &str = "UPDATE ... SET status = 'processing' WHERE status = 'pending'";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut response = self
+            .db
+            .query(
+                "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $token, \
+                   due_at = $lease_until, updated_at = time::now() \
+                 WHERE status = 'pending' AND due_at <= $now RETURN AFTER",
+            )
+            .bind(("ids", ids))
+            .bind(("runner", runner.to_string()))
+            .bind(("token", token.to_string()))
+            .bind(("now", now))
+            .bind(("lease_until", lease_until))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        rows.into_iter()
+            .map(|row| {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                Ok(ClaimedRow { id, fields })
+            })
+            .collect()
+    }
+
+    /// Takes over a processing row whose lease ran out. The lost attempt is recorded as a failure
+    /// (kind `lease_expired`): the previous call may have reached the backend. `give_up` ends the
+    /// row `failed` instead of claiming it, when it has no attempts left.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rescue_expired(
+        &self,
+        candidate: &Candidate,
+        failure: &Failure,
+        lost_attempt: u32,
+        give_up: bool,
+        runner: &str,
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ClaimedRow>, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... WHERE status = 'processing' AND lease expired";
+        let set = if give_up {
+            "status = 'failed', assignee = NONE, lease_token = NONE"
+        } else {
+            "retries = $lost_attempt, assignee = $runner, lease_token = $token, due_at = $lease_until"
+        };
+        let mut response = self
+            .db
+            .query(format!(
+                "UPDATE ONLY $id SET {set}, updated_at = time::now(), \
+                   errors = array::append(errors ?? [], {ERROR_ENTRY}) \
+                 WHERE status = 'processing' AND (lease_token ?? '') = $seen AND due_at <= $now \
+                 RETURN AFTER"
+            ))
+            .bind(("id", candidate.id.clone()))
+            .bind(("seen", candidate.lease_token.clone()))
+            .bind(error_bindings(failure, lost_attempt))
+            .bind(("lost_attempt", i64::from(lost_attempt)))
+            .bind(("runner", runner.to_string()))
+            .bind(("token", token.to_string()))
+            .bind(("now", now))
+            .bind(("lease_until", lease_until))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        match row {
+            Some(row) if !give_up => {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                Ok(Some(ClaimedRow { id, fields }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves the lease end while the call runs. `false` means the lease is gone.
+    pub async fn extend_lease(
+        &self,
+        id: &RecordId,
+        token: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET due_at (lease)";
+        let mut response = self
+            .db
+            .query(
+                "UPDATE ONLY $id SET due_at = $lease_until, updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $token RETURN id",
+            )
+            .bind(("id", id.clone()))
+            .bind(("token", token.to_string()))
+            .bind(("lease_until", lease_until))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// Writes the outcome of an attempt, if this runner still holds the lease. `false` means
+    /// another runner owns the job now and nothing was written.
+    pub async fn write_back(
+        &self,
+        id: &RecordId,
+        token: &str,
+        retries: u32,
+        outcome: WriteBack<'_>,
+    ) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... (write back) WHERE lease_token = $token";
+        let set = match outcome {
+            WriteBack::Success => "status = 'success'".to_string(),
+            WriteBack::Retry { .. } => {
+                format!("status = 'pending', due_at = $due_at, errors = array::append(errors ?? [], {ERROR_ENTRY})")
+            }
+            WriteBack::Failed { .. } => {
+                format!("status = 'failed', errors = array::append(errors ?? [], {ERROR_ENTRY})")
+            }
+        };
+        let mut query = self
+            .db
+            .query(format!(
+                "UPDATE ONLY $id SET {set}, retries = $retries, assignee = NONE, lease_token = NONE, \
+                   updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $token RETURN id"
+            ))
+            .bind(("id", id.clone()))
+            .bind(("token", token.to_string()))
+            .bind(("retries", i64::from(retries)));
+        match outcome {
+            WriteBack::Success => {}
+            WriteBack::Retry {
+                failure,
+                attempt,
+                due_at,
+            } => {
+                query = query.bind(error_bindings(failure, attempt)).bind(("due_at", due_at));
+            }
+            WriteBack::Failed { failure, attempt } => {
+                query = query.bind(error_bindings(failure, attempt));
+            }
+        }
+        let mut response = query
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// Puts a claimed row back to `pending` without spending an attempt (shutdown).
+    pub async fn release(&self, id: &RecordId, token: &str) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET status = 'pending' (release)";
+        let mut response = self
+            .db
+            .query(
+                "UPDATE ONLY $id SET status = 'pending', assignee = NONE, lease_token = NONE, \
+                   due_at = time::now(), updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $token RETURN id",
+            )
+            .bind(("id", id.clone()))
+            .bind(("token", token.to_string()))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// A stream that yields once per change to a pending row of `table`; the runner uses it only
+    /// as a wake-up, never as the source of truth (notifications can be missed).
+    pub async fn watch_pending(
+        &self,
+        table: &str,
+    ) -> Result<futures::stream::BoxStream<'static, ()>, StoreError> {
+        const STATEMENT: &str = "LIVE SELECT";
+        let table = Self::table(table)?;
+        let mut response = self
+            .db
+            .query(format!("LIVE SELECT id FROM {table} WHERE status = 'pending'"))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let stream = response
+            .stream::<Value>(0)
+            .map_err(query_err(STATEMENT))?;
+        Ok(stream.map(|_| ()).boxed())
+    }
+
+    /// Creates a pending job the way `db.run` does; returns its id.
+    pub async fn enqueue(&self, table: &str, job: NewJob) -> Result<RecordId, StoreError> {
+        const STATEMENT: &str = "CREATE ONLY job";
+        let table = Self::table(table)?;
+        let id = RecordId::new(table, new_job_key());
+        let mut response = self
+            .db
+            .query(
+                "CREATE ONLY $id SET path = $path, payload = $payload, max_retries = $max_retries, \
+                   retry_strategy = $retry_strategy, timeout = $timeout, assigned_to = $assigned_to \
+                 RETURN id",
+            )
+            .bind(("id", id.clone()))
+            .bind(("path", job.path))
+            .bind(("payload", job.payload))
+            .bind(("max_retries", i64::from(job.max_retries)))
+            .bind(("retry_strategy", job.retry_strategy))
+            .bind(("timeout", job.timeout.map(i64::from)))
+            .bind(("assigned_to", job.assigned_to))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        row.ok_or(StoreError::Shape {
+            statement: STATEMENT,
+            detail: "no row was created".into(),
+        })?;
+        Ok(id)
+    }
+
+    /// Reads one row as JSON (tests and the CLI).
+    pub async fn get(&self, id: &RecordId) -> Result<Option<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "SELECT * FROM ONLY $id";
+        let mut response = self
+            .db
+            .query("SELECT * FROM ONLY $id")
+            .bind(("id", id.clone()))
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err(STATEMENT))?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.map(Value::into_json_value))
+    }
+
+    /// Runs arbitrary SurrealQL: only for tests and `schema --apply`'s callers, never with row data.
+    pub async fn raw(&self, statements: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let mut response = self
+            .db
+            .query(statements)
+            .await
+            .and_then(|r| r.check())
+            .map_err(query_err("(raw)"))?;
+        let mut out = Vec::new();
+        for index in 0..response.num_statements() {
+            let value: Value = response.take(index).map_err(query_err("(raw)"))?;
+            out.push(value.into_json_value());
+        }
+        Ok(out)
+    }
+
+    /// The underlying handle, for tests that need SurrealDB features the runner does not use.
+    pub fn client(&self) -> &Surreal<Any> {
+        &self.db
+    }
+
+    /// Waits until the connection answers, for up to `limit`.
+    pub async fn ping(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.db.health())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A job to create, with the defaults of `db.run` already applied.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub path: String,
+    /// Stored as Sp00ky's client stores it: a JSON string.
+    pub payload: String,
+    pub max_retries: u32,
+    pub retry_strategy: String,
+    pub timeout: Option<u32>,
+    pub assigned_to: Option<RecordId>,
+}
+
+/// `job:<32 hex chars>`, like the Sp00ky client.
+pub fn new_job_key() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The object appended to `errors`; the timestamp comes from the database clock, like `updated_at`.
+const ERROR_ENTRY: &str =
+    "{ code: $error_code, reason: $error_reason, kind: $error_kind, attempt: $error_attempt, at: time::now() }";
+
+fn error_bindings(failure: &Failure, attempt: u32) -> surrealdb::types::Object {
+    let mut vars = surrealdb::types::Object::new();
+    vars.insert("error_code", i64::from(failure.code));
+    vars.insert("error_reason", failure.reason.clone());
+    vars.insert("error_kind", failure.kind.as_str().to_string());
+    vars.insert("error_attempt", i64::from(attempt));
+    vars
+}
+
+/// Splits a returned row into its record id and the rest as JSON.
+fn split_row(row: Value, statement: &'static str) -> Result<(RecordId, serde_json::Value), StoreError> {
+    let Value::Object(object) = row else {
+        return Err(StoreError::Shape {
+            statement,
+            detail: format!("expected a row, got {row:?}"),
+        });
+    };
+    let mut map = object.into_inner();
+    let id = match map.remove("id") {
+        Some(Value::RecordId(id)) => id,
+        other => {
+            return Err(StoreError::Shape {
+                statement,
+                detail: format!("row without a record id: {other:?}"),
+            });
+        }
+    };
+    let fields = serde_json::Value::Object(
+        map.into_iter()
+            .map(|(k, v)| (k, v.into_json_value()))
+            .collect(),
+    );
+    Ok((id, fields))
+}
+
+/// A namespace or database name as a SurrealQL identifier (backtick-quoted when needed).
+fn ident(name: &str) -> String {
+    if is_identifier(name) {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+    }
+}
+
+/// The shipped schema with every whole-word `job` (outside comments) renamed to `table`.
+pub fn schema_for(table: &str) -> String {
+    SCHEMA
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .map(|line| rename_word(line, "job", table))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The statements that define `fields` on `table`, copied from the shipped schema, for the
+/// start-up refusal message.
+pub fn definitions_for(table: &str, fields: &[&str]) -> String {
+    let schema = schema_for(table);
+    let mut out = Vec::new();
+    for statement in schema.split(';') {
+        let statement = statement.trim();
+        let defines = |field: &str| {
+            statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field} ON"))
+                || statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field}.*."))
+        };
+        if fields.iter().any(|f| defines(f)) || (statement.starts_with("DEFINE INDEX") && fields.contains(&"due_at")) {
+            out.push(format!("{statement};"));
+        }
+    }
+    out.join("\n")
+}
+
+fn rename_word(line: &str, word: &str, replacement: &str) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        // `job_due` (the index name) is renamed too, so a second table gets its own index name.
+        let starts = before.is_none_or(|c| !is_word(c));
+        let ends = after.is_none_or(|c| !is_word(c) || c == '_');
+        if starts && ends {
+            out.push_str(replacement);
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_renames_only_the_table() {
+        let schema = schema_for("spooky_jobs");
+        assert!(schema.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"));
+        assert!(schema.contains("DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, due_at"));
+        assert!(!schema.contains(" job "));
+        assert!(!schema.contains("--"));
+    }
+
+    #[test]
+    fn definitions_cover_the_missing_fields() {
+        let text = definitions_for("job", &["due_at", "lease_token"]);
+        assert!(text.contains("DEFINE FIELD IF NOT EXISTS due_at ON job"));
+        assert!(text.contains("DEFINE FIELD IF NOT EXISTS lease_token ON job"));
+        assert!(text.contains("DEFINE INDEX IF NOT EXISTS job_due"));
+        assert!(!text.contains("DEFINE FIELD IF NOT EXISTS status"));
+        let errors = definitions_for("job", &["errors"]);
+        assert!(errors.contains("errors.*.kind"));
+    }
+}

@@ -1,0 +1,74 @@
+//! The binary itself: exit codes and messages as a person or a script sees them.
+
+use std::process::Command;
+
+use crate::helpers::fixture;
+
+fn runner() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"));
+    command.env_remove("SPKY_JOB_CONFIG").env_remove("SPKY_DB_WS").env_remove("SPKY_DB_URL");
+    command
+}
+
+#[test]
+fn a_config_error_exits_78_and_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sp00ky.yml");
+    std::fs::write(&config, "apps:\n  api:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: ${UNSET_FOR_THIS_TEST}\n    method:\n      type: outbox\n      table: job\n").unwrap();
+    let output = runner().arg("--config").arg(&config).arg("check").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: apps.api.baseUrl: environment variable UNSET_FOR_THIS_TEST is not set", config.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
+    let db = format!("surrealkv://{}", dir.path().join("db").display());
+    let run = |args: &[&str]| {
+        runner()
+            .current_dir(dir.path())
+            .env("TEST_BASE_URL", "http://127.0.0.1:9/api")
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let check = run(&["check"]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(stdout.contains("backend:   api"), "{stdout}");
+    assert!(stdout.contains("POST /spookify (validated)"), "{stdout}");
+    assert!(stdout.contains("POST /threads/{id}/summary (validated)"), "{stdout}");
+    assert!(stdout.contains("bearer token (hidden)"), "{stdout}");
+    assert!(!stdout.contains("default-token"), "{stdout}");
+
+    let refused = run(&["enqueue", "api", "/spookify", "--payload", "{\"count\": 1}"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("\"id\" is a required property"));
+    let unknown = run(&["enqueue", "api", "/nope", "--payload", "{}"]);
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let created = run(&["enqueue", "api", "/spookify", "--payload", "{\"id\": \"thread:1\"}", "--max-retries", "0"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let key = id.strip_prefix("job:").expect("prints the job id");
+    assert_eq!(key.len(), 32);
+    assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[test]
+fn schema_prints_the_table_definition() {
+    let output = runner().args(["--config", "/nonexistent.yml", "schema", "--table", "spooky_jobs"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"), "{stdout}");
+    assert!(stdout.contains("DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs"), "{stdout}");
+}

@@ -1,0 +1,206 @@
+//! Every configuration shape loads; every mistake is named by file, key and problem.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sp00ky_job_runner::config::{self, ConfigError, Origin};
+use sp00ky_job_runner::retry::RetryPolicy;
+use sp00ky_job_runner::validate::Routes;
+
+use crate::helpers::fixture;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "TEST_BASE_URL" => Some("http://127.0.0.1:4000/api".into()),
+        "TEST_TOKEN" => Some("from-env".into()),
+        _ => None,
+    }
+}
+
+fn load_text(text: &str) -> Result<config::Config, ConfigError> {
+    config::from_yaml(text, Origin::File("sp00ky.yml".into()), &fixture(""), &env, RetryPolicy::default())
+}
+
+#[test]
+fn current_shape_loads_only_backend_apps() {
+    let config = config::load(&fixture("sp00ky-current.yml"), &env, RetryPolicy::default()).unwrap();
+    assert_eq!(config.backends.len(), 1, "the frontend app is ignored");
+    let api = &config.backends[0];
+    assert_eq!(api.name, "api");
+    assert_eq!(api.table, "job");
+    assert_eq!(api.base_url.as_str(), "http://127.0.0.1:4000/api");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(api.token.as_ref().unwrap()), "from-env");
+    assert_eq!(api.timeout, Duration::from_secs(5));
+    assert!(api.timeout_overridable);
+    assert_eq!(api.retry.base, Duration::from_millis(50));
+    assert_eq!(api.spec.as_deref(), Some(fixture("./openapi.yml").as_path()));
+    assert_eq!(config.database.namespace.as_deref(), Some("main"));
+    assert_eq!(config.database.database.as_deref(), Some("example"));
+}
+
+#[test]
+fn documented_shape_loads_and_skips_non_outbox_backends() {
+    let config = config::load(&fixture("sp00ky-documented.yml"), &env, RetryPolicy::default()).unwrap();
+    assert_eq!(config.backends.len(), 1, "`mailer` uses method rpc");
+    let api = &config.backends[0];
+    assert_eq!(api.table, "api_job");
+    assert_eq!(api.base_url.as_str(), "http://127.0.0.1:3660/v1");
+    assert_eq!(api.timeout, config::DEFAULT_TIMEOUT);
+    assert!(!api.timeout_overridable);
+}
+
+/// Sp00ky's own example project (shared/fixtures) loads with its spec, laid out as it expects.
+#[test]
+fn sp00ky_example_project_loads() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sp00ky-example");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("api")).unwrap();
+    std::fs::copy(example.join("sp00ky.yml"), dir.path().join("sp00ky.yml")).expect("shared fixture is present");
+    std::fs::copy(example.join("openapi.yml"), dir.path().join("api/openapi.yml")).unwrap();
+    let config = config::load(&dir.path().join("sp00ky.yml"), &|_| None, RetryPolicy::default()).unwrap();
+    assert_eq!(config.backends.len(), 1);
+    let api = &config.backends[0];
+    assert_eq!((api.name.as_str(), api.table.as_str()), ("api", "job"));
+    let routes = Routes::load(api.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(routes.describe(), ["POST /spookify (validated)"]);
+}
+
+#[test]
+fn env_json_shape_loads() {
+    let json = r#"[{"name":"api","table":"job","base_url":"http://localhost:3660","auth_token":"t0k","timeout":30,"timeout_overridable":true},
+                  {"name":"billing","table":"billing_job","base_url":"https://billing.internal/v2","auth_token":"","timeout":10,"timeout_overridable":false}]"#;
+    let config = config::from_env_json(json, &env, RetryPolicy::default()).unwrap();
+    assert_eq!(config.backends.len(), 2);
+    assert_eq!(config.backends[0].timeout, Duration::from_secs(30));
+    assert!(config.backends[0].spec.is_none());
+    assert!(config.backends[1].token.is_none(), "an empty token means no auth");
+    // The process environment is consulted through `load`, which prefers SPKY_JOB_CONFIG.
+    let via_load = config::load(
+        Path::new("/nonexistent/sp00ky.yml"),
+        &|name| (name == "SPKY_JOB_CONFIG").then(|| json.to_string()),
+        RetryPolicy::default(),
+    )
+    .unwrap();
+    assert_eq!(via_load.backends.len(), 2);
+    assert_eq!(via_load.origin, Origin::Env("SPKY_JOB_CONFIG"));
+}
+
+fn backend_yaml(fields: &str) -> String {
+    format!("apps:\n  api:\n    type: backend\n{fields}")
+}
+
+const GOOD: &str = "    spec: ./openapi.yml\n    baseUrl: http://localhost:1\n    method:\n      type: outbox\n      table: job\n";
+
+/// Each mistake names the file, the key and what is wrong.
+#[test]
+fn config_errors_name_file_key_and_problem() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            backend_yaml("    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n"),
+            "apps.api.baseUrl",
+            "is required",
+        ),
+        (
+            backend_yaml("    spec: ./openapi.yml\n    baseUrl: not a url\n    method:\n      type: outbox\n      table: job\n"),
+            "apps.api.baseUrl",
+            "is not a URL",
+        ),
+        (
+            backend_yaml("    spec: ./openapi.yml\n    baseUrl: ftp://x/\n    method:\n      type: outbox\n      table: job\n"),
+            "apps.api.baseUrl",
+            "http:// or https://",
+        ),
+        (
+            backend_yaml("    spec: ./openapi.yml\n    baseUrl: ${NOT_SET_ANYWHERE}\n    method:\n      type: outbox\n      table: job\n"),
+            "apps.api.baseUrl",
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            backend_yaml("    spec: ./openapi.yml\n    baseUrl: http://x\n    method:\n      type: outbox\n      table: job; DELETE x\n"),
+            "apps.api.method.table",
+            "letters, digits and underscores",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    deploy:\n      timeout: 0\n")),
+            "apps.api.deploy.timeout",
+            "between 1 and 3600",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    deploy:\n      timeout: 9999\n")),
+            "apps.api.deploy.timeout",
+            "between 1 and 3600",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    deploy:\n      timeoutOverridable: maybe\n")),
+            "apps.api.deploy.timeoutOverridable",
+            "true or false",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    auth:\n      type: token\n")),
+            "apps.api.auth.token",
+            "is required",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    auth:\n      type: oauth\n")),
+            "apps.api.auth.type",
+            "unknown auth type",
+        ),
+        (
+            backend_yaml("    baseUrl: http://x\n    method:\n      type: outbox\n      table: job\n"),
+            "apps.api.spec",
+            "is required",
+        ),
+        ("apps: [1, 2]\n".into(), "apps", "expected a mapping"),
+        ("- just\n- a list\n".into(), "(top level)", "expected a mapping"),
+        (
+            format!("{}  other:\n    type: backend\n{GOOD}", backend_yaml(GOOD)),
+            "other",
+            "already drained by backend `api`",
+        ),
+    ];
+    for (text, key, message) in cases {
+        let err = load_text(&text).expect_err(&text);
+        assert_eq!(err.origin, Origin::File("sp00ky.yml".into()), "{text}");
+        assert_eq!(err.key, key, "{text}\n=> {err}");
+        assert!(err.message.contains(message), "{text}\n=> {err}");
+        assert!(err.to_string().starts_with(&format!("sp00ky.yml: {key}: ")), "{err}");
+    }
+}
+
+#[test]
+fn yaml_syntax_errors_give_line_and_column() {
+    let err = load_text("apps:\n  api:\n    type: backend\n   baseUrl: [unclosed\n").unwrap_err();
+    assert!(err.key.starts_with("line "), "{err}");
+    assert!(err.key.contains("column"), "{err}");
+    assert!(err.message.contains("YAML syntax error"), "{err}");
+}
+
+#[test]
+fn env_json_errors_name_the_variable_and_entry() {
+    let err = config::from_env_json("{not json", &env, RetryPolicy::default()).unwrap_err();
+    assert_eq!(err.origin, Origin::Env("SPKY_JOB_CONFIG"));
+    assert!(err.key.starts_with("line 1"), "{err}");
+    let err = config::from_env_json(r#"[{"name":"a","table":"job"}]"#, &env, RetryPolicy::default()).unwrap_err();
+    assert_eq!(err.key, "[0].base_url");
+    assert_eq!(
+        err.to_string(),
+        "environment variable SPKY_JOB_CONFIG: [0].base_url: is required"
+    );
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = config::load(Path::new("/nonexistent/sp00ky.yml"), &|_| None, RetryPolicy::default()).unwrap_err();
+    assert_eq!(err.origin, Origin::File("/nonexistent/sp00ky.yml".into()));
+    assert!(err.message.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn spec_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.yml");
+    std::fs::write(&path, "openapi: 2.0\npaths: {}\n").unwrap();
+    let err = Routes::load(&path).err().expect("2.0 is refused");
+    assert!(err.to_string().starts_with(&path.display().to_string()), "{err}");
+    assert_eq!(err.key, "openapi");
+}

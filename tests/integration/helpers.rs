@@ -1,0 +1,374 @@
+//! Everything the integration tests share: a recording HTTP backend on 127.0.0.1:0, an embedded
+//! SurrealDB per test, a runner started in-process, row helpers, and captured logs.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sp00ky_job_runner::config;
+use sp00ky_job_runner::retry::RetryPolicy;
+use sp00ky_job_runner::runner::{BackendRuntime, Runner, RunnerOptions};
+use sp00ky_job_runner::store::{DbSettings, Store};
+use sp00ky_job_runner::validate::Routes;
+use surrealdb::types::{RecordId, ToSql};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+/// The bearer token every test backend is configured with; it must never show up in a log line,
+/// a stored row or an error.
+pub const TOKEN: &str = "tok_7f3a9c1e5b2d4f60_never_print_me";
+
+/// One request as the backend received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query exactly as sent (still percent-encoded).
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the runner sends JSON")
+    }
+}
+
+/// What the backend answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn ok() -> Reply {
+        Reply::status(200)
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Reply {
+        self.body = body.into();
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// Decides the reply from the request and how many requests with the same `Idempotency-Key`
+/// came before it (0 for a job's first attempt).
+pub type Script = Arc<dyn Fn(&Recorded, usize) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct BackendState {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    script: Script,
+    arrived: Arc<Notify>,
+}
+
+/// A real HTTP server that records every request.
+pub struct TestBackend {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<Notify>,
+}
+
+impl TestBackend {
+    pub async fn start(script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) -> TestBackend {
+        let state = BackendState {
+            requests: Arc::new(Mutex::new(Vec::new())),
+            script: Arc::new(script),
+            arrived: Arc::new(Notify::new()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(handle).with_state(state.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestBackend {
+            url,
+            requests: state.requests,
+            arrived: state.arrived,
+        }
+    }
+
+    /// A backend that answers 200 to everything.
+    pub async fn ok() -> TestBackend {
+        TestBackend::start(|_, _| Reply::ok()).await
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.arrived.notified();
+            if self.count() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("expected {n} requests within {within:?}, got {}", self.count());
+            }
+        }
+    }
+}
+
+async fn handle(
+    State(state): State<BackendState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let recorded = Recorded {
+        method,
+        target: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+    };
+    let key = recorded.header("idempotency-key").map(str::to_string);
+    let reply = {
+        let mut requests = state.requests.lock().unwrap();
+        let earlier = requests
+            .iter()
+            .filter(|r| r.header("idempotency-key").map(str::to_string) == key)
+            .count();
+        let reply = (state.script)(&recorded, earlier);
+        requests.push(recorded);
+        reply
+    };
+    state.arrived.notify_waiters();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+/// A fresh embedded in-memory database.
+pub async fn mem_store() -> Store {
+    init_logs();
+    Store::connect(DbSettings {
+        endpoint: "mem://".into(),
+        namespace: "test".into(),
+        database: "test".into(),
+        username: None,
+        password: None,
+    })
+    .await
+    .expect("embedded SurrealDB starts")
+}
+
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The backends of a sp00ky.yml that points one backend (`api`, table `table`) at `base_url`
+/// with the fixture spec, the test token and fast retries.
+pub fn backends(base_url: &str, table: &str) -> Vec<BackendRuntime> {
+    backends_with(base_url, table, "baseMs: 50\n      maxDelayMs: 2000")
+}
+
+/// Like [`backends`], with the `retry:` block's body given.
+pub fn backends_with(base_url: &str, table: &str, retry: &str) -> Vec<BackendRuntime> {
+    let yaml = format!(
+        "backends:\n  api:\n    type: http\n    baseUrl: {base_url}\n    spec: ./openapi.yml\n    auth:\n      type: token\n      token: {TOKEN}\n    method:\n      type: outbox\n      table: {table}\n    deploy:\n      timeout: 5\n      timeoutOverridable: true\n    retry:\n      {retry}\n"
+    );
+    let config = config::from_yaml(
+        &yaml,
+        config::Origin::File("test.yml".into()),
+        &fixture(""),
+        &|_| None,
+        RetryPolicy::default(),
+    )
+    .expect("test config loads");
+    config
+        .backends
+        .into_iter()
+        .map(|backend| BackendRuntime {
+            routes: Routes::load(backend.spec.as_ref().unwrap()).expect("fixture spec loads"),
+            backend,
+        })
+        .collect()
+}
+
+/// A runner running in this process until [`TestRunner::stop`].
+pub struct TestRunner {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestRunner {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("runner stops within 30 s")
+            .expect("runner task does not panic");
+    }
+}
+
+pub fn fast_options(runner_id: &str) -> RunnerOptions {
+    RunnerOptions {
+        concurrency: 16,
+        poll_interval: Duration::from_millis(100),
+        lease: Duration::from_secs(15),
+        shutdown_grace: Duration::from_secs(5),
+        runner_id: runner_id.into(),
+    }
+}
+
+/// Prepares the tables and starts a runner over `backends`.
+pub async fn start_runner(store: &Store, backends: Vec<BackendRuntime>, options: RunnerOptions) -> TestRunner {
+    sp00ky_job_runner::app::prepare_tables(store, &backends)
+        .await
+        .expect("tables are ready");
+    let runner = Runner::new(store.clone(), backends, options);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+    TestRunner { stop: Some(stop), task }
+}
+
+/// Writes a job row the way a Sp00ky client does: `CREATE ONLY job:<hex> SET ...` with the
+/// payload as a JSON string.
+pub async fn insert_job(store: &Store, table: &str, path: &str, payload: Value, max_retries: u32, strategy: &str) -> RecordId {
+    insert_row(
+        store,
+        table,
+        json!({
+            "path": path,
+            "payload": payload.to_string(),
+            "max_retries": max_retries,
+            "retry_strategy": strategy,
+        }),
+    )
+    .await
+}
+
+/// Creates a row with exactly the given fields.
+pub async fn insert_row(store: &Store, table: &str, fields: Value) -> RecordId {
+    let id = RecordId::new(table, sp00ky_job_runner::store::new_job_key());
+    store
+        .client()
+        .query("CREATE ONLY $id CONTENT $fields RETURN NONE")
+        .bind(("id", id.clone()))
+        .bind(("fields", fields))
+        .await
+        .and_then(|r| r.check())
+        .expect("job row is created");
+    id
+}
+
+pub async fn row(store: &Store, id: &RecordId) -> Value {
+    store.get(id).await.expect("row reads").expect("row exists")
+}
+
+/// Waits until the row's status is one of the final ones, and returns the row.
+pub async fn wait_final(store: &Store, id: &RecordId, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let current = row(store, id).await;
+        if matches!(current["status"].as_str(), Some("success" | "failed")) {
+            return current;
+        }
+        assert!(Instant::now() < deadline, "{} still {current} after {within:?}", id.to_sql());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `check` holds, polling the database.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn count_status(store: &Store, table: &str, status: &str) -> usize {
+    let rows = store
+        .raw(&format!("SELECT count() AS n FROM {table} WHERE status = '{status}' GROUP ALL"))
+        .await
+        .unwrap();
+    rows[0][0]["n"].as_u64().unwrap_or(0) as usize
+}
+
+/// Every log line of this test binary, all tests together.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
+}
+
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.get_or_init(Default::default).lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line, at debug level, into memory.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter("sp00ky_job_runner=debug,info")
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .init();
+    });
+}

@@ -1,0 +1,136 @@
+//! The shipped schema: start-up inspection, the claim index, and what a signed-in app user may do.
+
+use serde_json::json;
+use sp00ky_job_runner::app::{AppError, prepare_tables};
+use sp00ky_job_runner::store;
+use surrealdb::opt::auth::Record;
+
+use crate::helpers::*;
+
+/// Sp00ky's own example table, without the runner's bookkeeping fields.
+const SP00KY_TABLE: &str = "
+DEFINE TABLE job SCHEMAFULL PERMISSIONS FOR select, create WHERE $auth != NONE FOR update, delete NONE;
+DEFINE FIELD path ON job TYPE string;
+DEFINE FIELD payload ON job TYPE any;
+DEFINE FIELD max_retries ON job TYPE int DEFAULT 3;
+DEFINE FIELD retry_strategy ON job TYPE string DEFAULT 'linear';
+DEFINE FIELD assigned_to ON job TYPE option<record>;
+DEFINE FIELD status ON job TYPE string DEFAULT 'pending' ASSERT $value IN ['pending', 'processing', 'success', 'failed'];
+DEFINE FIELD retries ON job TYPE int DEFAULT 0;
+DEFINE FIELD errors ON job TYPE array<object> DEFAULT [];
+DEFINE FIELD created_at ON job TYPE datetime DEFAULT time::now();
+DEFINE FIELD updated_at ON job TYPE datetime DEFAULT time::now();
+";
+
+#[tokio::test]
+async fn a_schemafull_table_without_runner_fields_is_refused_with_the_fix() {
+    let store = mem_store().await;
+    store.raw(SP00KY_TABLE).await.unwrap();
+    let backend = TestBackend::ok().await;
+    let err = prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap_err();
+    let AppError::Schema(message) = &err else { panic!("{err}") };
+    assert!(message.contains("lacks fields the runner writes: due_at, assignee, lease_token"), "{message}");
+    for statement in [
+        "DEFINE FIELD IF NOT EXISTS due_at ON job TYPE datetime",
+        "DEFINE FIELD IF NOT EXISTS assignee ON job",
+        "DEFINE FIELD IF NOT EXISTS lease_token ON job",
+        "DEFINE INDEX IF NOT EXISTS job_due ON job FIELDS status, due_at",
+    ] {
+        assert!(message.contains(statement), "missing `{statement}` in:\n{message}");
+    }
+    assert_eq!(err.exit_code(), std::process::ExitCode::from(78));
+
+    // Applying exactly what the message says makes the table acceptable, and keeps its rows.
+    let pending = insert_row(&store, "job", json!({"path": "/spookify", "payload": "{\"id\":\"old\"}"})).await;
+    let fix = message.split_once(":\n\n").unwrap().1;
+    store.raw(fix).await.unwrap();
+    prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap();
+    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let done = wait_final(&store, &pending, std::time::Duration::from_secs(20)).await;
+    runner.stop().await;
+    assert_eq!(done["status"], "success", "a row written before the fix still runs: {done}");
+}
+
+#[tokio::test]
+async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
+    let store = mem_store().await;
+    store.apply_schema("job").await.unwrap();
+    store.apply_schema("job").await.unwrap();
+    let plan = store
+        .raw("SELECT id FROM job WHERE status = 'pending' AND due_at <= time::now() ORDER BY due_at LIMIT 10 EXPLAIN")
+        .await
+        .unwrap();
+    let plan = serde_json::to_string(&plan).unwrap();
+    assert!(plan.contains("job_due"), "the claim query does not use the index: {plan}");
+    let info = store.table_info("job").await.unwrap();
+    assert!(info.schemafull);
+    for field in store::RUNNER_FIELDS {
+        assert!(info.fields.contains_key(field), "{field}");
+    }
+}
+
+/// A record user (an app user signed in through DEFINE ACCESS ... TYPE RECORD) can create a
+/// pending job and read its state, but not create it in another state or change runner fields.
+#[tokio::test]
+async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
+    let store = mem_store().await;
+    store.apply_schema("job").await.unwrap();
+    store
+        .raw(
+            "DEFINE TABLE user SCHEMALESS PERMISSIONS FULL;
+             DEFINE ACCESS app ON DATABASE TYPE RECORD
+                SIGNUP (CREATE user SET name = $name)
+                SIGNIN (SELECT * FROM user WHERE name = $name)
+                DURATION FOR SESSION 1h;",
+        )
+        .await
+        .unwrap();
+    let app = store.client().clone();
+    app.signup(Record {
+        namespace: "test".into(),
+        database: "test".into(),
+        access: "app".into(),
+        params: json!({"name": "ada"}),
+    })
+    .await
+    .expect("record signup works");
+
+    let created = app
+        .query("CREATE ONLY job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa SET path = '/spookify', payload = '{\"id\":\"t\"}', max_retries = 1 RETURN status, retries, errors")
+        .await
+        .and_then(|r| r.check());
+    let mut created = created.expect("an app user may create a pending job");
+    let visible: Option<serde_json::Value> = created.take(0).unwrap();
+    assert_eq!(visible.unwrap(), json!({"status": "pending", "retries": 0, "errors": []}));
+
+    for forged in [
+        "CREATE job SET path = '/spookify', status = 'success'",
+        "CREATE job SET path = '/spookify', retries = 7",
+        "CREATE job SET path = '/spookify', errors = [{ code: 500, reason: 'fake' }]",
+        "CREATE job SET path = '/spookify', lease_token = 'mine'",
+        "CREATE job SET path = '/spookify', assignee = 'me'",
+    ] {
+        let result = app.query(forged).await.and_then(|r| r.check());
+        assert!(result.is_err(), "{forged} was accepted");
+    }
+    for update in [
+        "UPDATE job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa SET status = 'success'",
+        "UPDATE job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa SET retries = 3, errors = []",
+        "DELETE job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        // Permissions make these silent no-ops or errors; either way nothing may change.
+        let _ = app.query(update).await.and_then(|r| r.check());
+    }
+    let row = store.raw("SELECT status, retries, errors FROM ONLY job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await.unwrap();
+    assert_eq!(row[0], json!({"status": "pending", "retries": 0, "errors": []}));
+    let count = store.raw("SELECT count() AS n FROM job GROUP ALL").await.unwrap();
+    assert_eq!(count[0][0]["n"], 1, "no forged row was created");
+
+    let mut readable = app
+        .query("SELECT status, retries, errors FROM job")
+        .await
+        .and_then(|r| r.check())
+        .unwrap();
+    let rows: Vec<serde_json::Value> = readable.take(0).unwrap();
+    assert_eq!(rows.len(), 1, "the app user can read the job's state");
+}
