@@ -47,7 +47,11 @@ impl AppError {
 }
 
 /// Database settings from flags, environment and the config file.
-pub fn db_settings(global: &GlobalArgs, file: &config::FileDatabase, env: EnvLookup<'_>) -> DbSettings {
+pub fn db_settings(
+    global: &GlobalArgs,
+    file: &config::FileDatabase,
+    env: EnvLookup<'_>,
+) -> DbSettings {
     let pick = |flag: &Option<String>, vars: &[&str], file: &Option<String>| {
         flag.clone()
             .or_else(|| vars.iter().find_map(|v| env(v).filter(|s| !s.is_empty())))
@@ -56,8 +60,10 @@ pub fn db_settings(global: &GlobalArgs, file: &config::FileDatabase, env: EnvLoo
     DbSettings {
         endpoint: pick(&global.db, &["SPKY_DB_WS", "SPKY_DB_URL"], &file.endpoint)
             .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-        namespace: pick(&global.namespace, &["SPKY_DB_NS"], &file.namespace).unwrap_or_else(|| "main".into()),
-        database: pick(&global.database, &["SPKY_DB_NAME"], &file.database).unwrap_or_else(|| "main".into()),
+        namespace: pick(&global.namespace, &["SPKY_DB_NS"], &file.namespace)
+            .unwrap_or_else(|| "main".into()),
+        database: pick(&global.database, &["SPKY_DB_NAME"], &file.database)
+            .unwrap_or_else(|| "main".into()),
         username: pick(&global.user, &["SPKY_DB_USER"], &file.username),
         password: global
             .pass
@@ -69,7 +75,11 @@ pub fn db_settings(global: &GlobalArgs, file: &config::FileDatabase, env: EnvLoo
 }
 
 /// Loads the configuration and compiles every backend's spec.
-pub fn load_backends(global: &GlobalArgs, retry: RetryPolicy, env: EnvLookup<'_>) -> Result<(Config, Vec<BackendRuntime>), AppError> {
+pub fn load_backends(
+    global: &GlobalArgs,
+    retry: RetryPolicy,
+    env: EnvLookup<'_>,
+) -> Result<(Config, Vec<BackendRuntime>), AppError> {
     let config = config::load(&global.config, env, retry)?;
     let mut runtimes = Vec::new();
     for backend in &config.backends {
@@ -126,7 +136,11 @@ pub async fn inspect_table(store: &Store, table: &str) -> Result<TableState, App
     Ok(TableState::Ready)
 }
 
-async fn connect(global: &GlobalArgs, config: Option<&Config>, env: EnvLookup<'_>) -> Result<Store, AppError> {
+async fn connect(
+    global: &GlobalArgs,
+    config: Option<&Config>,
+    env: EnvLookup<'_>,
+) -> Result<Store, AppError> {
     let file = config.map(|c| c.database.clone()).unwrap_or_default();
     let settings = db_settings(global, &file, env);
     let store = Store::connect(settings).await?;
@@ -177,7 +191,9 @@ pub async fn run(
         return Err(AppError::Config(ConfigError {
             origin: config.origin.clone(),
             key: "backends".into(),
-            message: "no backend with `method: {type: outbox}` is configured: there is nothing to run".into(),
+            message:
+                "no backend with `method: {type: outbox}` is configured: there is nothing to run"
+                    .into(),
         }));
     }
     let store = connect(global, Some(&config), env).await?;
@@ -215,13 +231,27 @@ pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppErr
         println!("backend:   {}", backend.name);
         println!("  table:   {} ({state})", backend.table);
         println!("  baseUrl: {}", backend.base_url);
-        println!("  auth:    {}", if backend.token.is_some() { "bearer token (hidden)" } else { "none" });
+        println!(
+            "  auth:    {}",
+            if backend.token.is_some() {
+                "bearer token (hidden)"
+            } else {
+                "none"
+            }
+        );
         println!(
             "  timeout: {} s{}",
             backend.timeout.as_secs(),
-            if backend.timeout_overridable { " (rows may override)" } else { "" }
+            if backend.timeout_overridable {
+                " (rows may override)"
+            } else {
+                ""
+            }
         );
-        println!("  retry:   base {:?}, cap {:?}", backend.retry.base, backend.retry.cap);
+        println!(
+            "  retry:   base {:?}, cap {:?}",
+            backend.retry.base, backend.retry.cap
+        );
         for route in runtime.routes.describe() {
             println!("  route:   {route}");
         }
@@ -230,29 +260,44 @@ pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppErr
 }
 
 /// `schema`: print, or apply idempotently.
-pub async fn schema(global: &GlobalArgs, args: SchemaArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
-    let config = if args.table.is_none() && (global.config.exists() || env("SPKY_JOB_CONFIG").is_some()) {
-        Some(config::load(&global.config, env, RetryPolicy::default())?)
-    } else {
-        None
-    };
+pub async fn schema(
+    global: &GlobalArgs,
+    args: SchemaArgs,
+    env: EnvLookup<'_>,
+) -> Result<(), AppError> {
+    let config =
+        if args.table.is_none() && (global.config.exists() || env("SPKY_JOB_CONFIG").is_some()) {
+            Some(config::load(&global.config, env, RetryPolicy::default())?)
+        } else {
+            None
+        };
     let tables: Vec<String> = match (&args.table, &config) {
         (Some(table), _) => {
             if !config::is_identifier(table) {
-                return Err(AppError::Usage(format!("--table {table:?}: must be letters, digits and underscores")));
+                return Err(AppError::Usage(format!(
+                    "--table {table:?}: must be letters, digits and underscores"
+                )));
             }
             vec![table.clone()]
         }
-        (None, Some(config)) if !config.backends.is_empty() => config.backends.iter().map(|b| b.table.clone()).collect(),
+        (None, Some(config)) if !config.backends.is_empty() => {
+            config.backends.iter().map(|b| b.table.clone()).collect()
+        }
         _ => vec!["job".into()],
     };
     if !args.apply {
         for table in &tables {
-            println!("{};", store::schema_for(table).trim_end().trim_end_matches(';'));
+            println!(
+                "{};",
+                store::schema_for(table).trim_end().trim_end_matches(';')
+            );
         }
         return Ok(());
     }
-    let file = config.as_ref().map(|c| c.database.clone()).unwrap_or_default();
+    let file = config
+        .as_ref()
+        .map(|c| c.database.clone())
+        .unwrap_or_default();
     let store = Store::connect(db_settings(global, &file, env)).await?;
     store.define_namespace_and_database().await?;
     for table in &tables {
@@ -263,14 +308,22 @@ pub async fn schema(global: &GlobalArgs, args: SchemaArgs, env: EnvLookup<'_>) -
 }
 
 /// `enqueue`: create a job like `db.run`: the route must exist and the payload must validate.
-pub async fn enqueue(global: &GlobalArgs, args: EnqueueArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+pub async fn enqueue(
+    global: &GlobalArgs,
+    args: EnqueueArgs,
+    env: EnvLookup<'_>,
+) -> Result<(), AppError> {
     let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
     let runtime = backends
         .iter()
         .find(|b| b.backend.name == args.backend)
         .ok_or_else(|| {
             let names: Vec<&str> = backends.iter().map(|b| b.backend.name.as_str()).collect();
-            AppError::Usage(format!("no backend named {:?}; configured: {}", args.backend, names.join(", ")))
+            AppError::Usage(format!(
+                "no backend named {:?}; configured: {}",
+                args.backend,
+                names.join(", ")
+            ))
         })?;
     let payload: serde_json::Value = serde_json::from_str(&args.payload)
         .map_err(|e| AppError::Usage(format!("--payload is not JSON: {e}")))?;
@@ -279,18 +332,24 @@ pub async fn enqueue(global: &GlobalArgs, args: EnqueueArgs, env: EnvLookup<'_>)
         .prepare(&runtime.backend.base_url, &args.path, payload.clone())
         .map_err(|failure| AppError::Usage(failure.reason))?;
     if Strategy::parse(&args.retry_strategy).is_none() {
-        return Err(AppError::Usage("--retry-strategy must be linear or exponential".into()));
+        return Err(AppError::Usage(
+            "--retry-strategy must be linear or exponential".into(),
+        ));
     }
     if let Some(timeout) = args.timeout
         && !config::TIMEOUT_RANGE_SECS.contains(&u64::from(timeout))
     {
-        return Err(AppError::Usage("--timeout must be 1 to 3600 seconds".into()));
+        return Err(AppError::Usage(
+            "--timeout must be 1 to 3600 seconds".into(),
+        ));
     }
     let assigned_to = args
         .assigned_to
         .as_deref()
         .map(|text| {
-            RecordId::parse_simple(text).map_err(|e| AppError::Usage(format!("--assigned-to {text:?} is not a record id: {e}")))
+            RecordId::parse_simple(text).map_err(|e| {
+                AppError::Usage(format!("--assigned-to {text:?} is not a record id: {e}"))
+            })
         })
         .transpose()?;
     let store = connect(global, Some(&config), env).await?;

@@ -50,13 +50,21 @@ impl Caller {
             .client
             .request(request.method, request.url)
             .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("sp00ky-job-runner/", env!("CARGO_PKG_VERSION")))
+            .header(
+                USER_AGENT,
+                concat!("sp00ky-job-runner/", env!("CARGO_PKG_VERSION")),
+            )
             .header("idempotency-key", context.job_id)
             .header(ATTEMPT_HEADER, context.attempt.to_string())
             .body(serde_json::to_vec(&request.body).expect("a JSON value always serialises"));
         if let Some(token) = context.token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                .map_err(|_| Failure::new(FailureKind::Transport, "the configured token is not a valid header value"))?;
+                .map_err(|_| {
+                    Failure::new(
+                        FailureKind::Transport,
+                        "the configured token is not a valid header value",
+                    )
+                })?;
             value.set_sensitive(true);
             builder = builder.header(AUTHORIZATION, value);
         }
@@ -111,7 +119,11 @@ fn transport(error: &reqwest::Error) -> Failure {
         reason.push_str(&cause.to_string());
         source = cause.source();
     }
-    let kind = if error.is_timeout() { FailureKind::Timeout } else { FailureKind::Transport };
+    let kind = if error.is_timeout() {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Transport
+    };
     Failure::new(kind, reason)
 }
 
@@ -155,7 +167,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -167,7 +182,10 @@ mod tests {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
         let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
         let parsed = parse_retry_after(&in_a_minute).unwrap();
-        assert!(parsed > Duration::from_secs(55) && parsed <= Duration::from_secs(61), "{parsed:?}");
+        assert!(
+            parsed > Duration::from_secs(55) && parsed <= Duration::from_secs(61),
+            "{parsed:?}"
+        );
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
@@ -178,6 +196,9 @@ mod tests {
         let long = "x".repeat(10_000);
         assert_eq!(excerpt(long.as_bytes()).chars().count(), EXCERPT_CHARS + 1);
         let token = SecretString::from("tok-123");
-        assert_eq!(scrub("echo: Bearer tok-123", Some(&token)), "echo: Bearer [redacted]");
+        assert_eq!(
+            scrub("echo: Bearer tok-123", Some(&token)),
+            "echo: Bearer [redacted]"
+        );
     }
 }

@@ -100,10 +100,8 @@ impl Claimer {
         }
 
         let room = limit.saturating_sub(jobs.len());
-        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> = pending
-            .iter()
-            .map(|c| (c.id.to_sql(), c.due_at))
-            .collect();
+        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> =
+            pending.iter().map(|c| (c.id.to_sql(), c.due_at)).collect();
         let ids: Vec<RecordId> = pending.into_iter().take(room).map(|c| c.id).collect();
         if !ids.is_empty() {
             let rows = retry_conflicts(|| {
@@ -213,14 +211,23 @@ fn read_row(fields: &Value) -> Result<JobRow, Failure> {
     let path = match fields.get("path") {
         Some(Value::String(path)) => path.clone(),
         Some(Value::Null) | None => return Err(bad("the row has no `path`".into())),
-        Some(other) => return Err(bad(format!("`path` must be a string, got {}", type_name(other)))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`path` must be a string, got {}",
+                type_name(other)
+            )));
+        }
     };
     let max_retries = match fields.get("max_retries") {
         None | Some(Value::Null) => DEFAULT_MAX_RETRIES,
         Some(value) => value
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| bad(format!("`max_retries` must be a whole number of 0 or more, got {value}")))?,
+            .ok_or_else(|| {
+                bad(format!(
+                    "`max_retries` must be a whole number of 0 or more, got {value}"
+                ))
+            })?,
     };
     let strategy = match fields.get("retry_strategy") {
         None | Some(Value::Null) => Strategy::Linear,
@@ -230,7 +237,12 @@ fn read_row(fields: &Value) -> Result<JobRow, Failure> {
                 crate::validate::excerpt(s)
             ))
         })?,
-        Some(other) => return Err(bad(format!("`retry_strategy` must be a string, got {}", type_name(other)))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`retry_strategy` must be a string, got {}",
+                type_name(other)
+            )));
+        }
     };
     let timeout = match fields.get("timeout") {
         None | Some(Value::Null) => None,
@@ -298,7 +310,10 @@ mod tests {
             (json!({}), "no `path`"),
             (json!({"path": 5}), "`path` must be a string"),
             (json!({"path": "/x", "max_retries": -1}), "`max_retries`"),
-            (json!({"path": "/x", "retry_strategy": "fibonacci"}), "`retry_strategy`"),
+            (
+                json!({"path": "/x", "retry_strategy": "fibonacci"}),
+                "`retry_strategy`",
+            ),
             (json!({"path": "/x", "timeout": 0}), "`timeout`"),
             (json!({"path": "/x", "payload": "{not json"}), "not JSON"),
         ];

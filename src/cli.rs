@@ -134,12 +134,14 @@ pub struct EnqueueArgs {
 /// `500ms`, `15s`, `5m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
-        }
+    if let Ok(seconds) = text.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(seconds));
     }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 15s or 5m: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 15s or 5m: {e}"))
 }
 
 #[cfg(test)]

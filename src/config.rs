@@ -135,10 +135,18 @@ pub fn from_yaml(
     } else {
         serde_saphyr::from_str(text).map_err(|e| syntax_error(&origin, &e.to_string()))?
     };
-    let walker = Walker { origin: &origin, env };
+    let walker = Walker {
+        origin: &origin,
+        env,
+    };
     let root_obj = match &root {
         Value::Object(map) => map,
-        other => return Err(walker.err("(top level)", format!("expected a mapping, got {}", describe(other)))),
+        other => {
+            return Err(walker.err(
+                "(top level)",
+                format!("expected a mapping, got {}", describe(other)),
+            ));
+        }
     };
 
     let mut backends = Vec::new();
@@ -195,14 +203,20 @@ pub fn from_env_json(
     default_retry: RetryPolicy,
 ) -> Result<Config, ConfigError> {
     let origin = Origin::Env("SPKY_JOB_CONFIG");
-    let walker = Walker { origin: &origin, env };
+    let walker = Walker {
+        origin: &origin,
+        env,
+    };
     let root: Value = serde_json::from_str(json).map_err(|e| ConfigError {
         origin: origin.clone(),
         key: format!("line {}, column {}", e.line(), e.column()),
         message: format!("not valid JSON: {e}"),
     })?;
     let Value::Array(entries) = root else {
-        return Err(walker.err("(top level)", format!("expected a JSON array of backends, got {}", describe(&root))));
+        return Err(walker.err(
+            "(top level)",
+            format!("expected a JSON array of backends, got {}", describe(&root)),
+        ));
     };
     let mut backends = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -219,7 +233,10 @@ pub fn from_env_json(
             .map(SecretString::from);
         let timeout = walker.timeout(obj.get("timeout"), &format!("{key}.timeout"))?;
         let timeout_overridable = walker
-            .opt_bool(obj.get("timeout_overridable"), &format!("{key}.timeout_overridable"))?
+            .opt_bool(
+                obj.get("timeout_overridable"),
+                &format!("{key}.timeout_overridable"),
+            )?
             .unwrap_or(false);
         backends.push(Backend {
             name,
@@ -263,7 +280,11 @@ fn syntax_error(origin: &Origin, message: &str) -> ConfigError {
     // message reads `file: line L, column C: ...` like every other configuration error.
     let position = message
         .find("line ")
-        .map(|at| message[at..].trim_end_matches(['.', ')']).replace(" column", ", column"))
+        .map(|at| {
+            message[at..]
+                .trim_end_matches(['.', ')'])
+                .replace(" column", ", column")
+        })
         .unwrap_or_else(|| "(syntax)".into());
     ConfigError {
         origin: origin.clone(),
@@ -318,7 +339,9 @@ impl Walker<'_> {
                 .map(Some)
                 .map_err(|message| self.err(key, message)),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(self.err(key, format!("expected a string, got {}", describe(other)))),
+            Some(other) => {
+                Err(self.err(key, format!("expected a string, got {}", describe(other))))
+            }
         }
     }
 
@@ -342,25 +365,35 @@ impl Walker<'_> {
                 "false" => Ok(Some(false)),
                 other => Err(self.err(key, format!("expected true or false, got {other:?}"))),
             },
-            Some(other) => Err(self.err(key, format!("expected true or false, got {}", describe(other)))),
+            Some(other) => Err(self.err(
+                key,
+                format!("expected true or false, got {}", describe(other)),
+            )),
         }
     }
 
     fn opt_u64(&self, value: Option<&Value>, key: &str) -> Result<Option<u64>, ConfigError> {
         match value {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a whole number of 0 or more, got {n}"))),
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("expected a whole number of 0 or more, got {n}"),
+                )
+            }),
             Some(Value::String(s)) => {
                 let text = interpolate(s, self.env).map_err(|m| self.err(key, m))?;
-                text.trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| self.err(key, format!("expected a whole number of 0 or more, got {text:?}")))
+                text.trim().parse().map(Some).map_err(|_| {
+                    self.err(
+                        key,
+                        format!("expected a whole number of 0 or more, got {text:?}"),
+                    )
+                })
             }
-            Some(other) => Err(self.err(key, format!("expected a whole number, got {}", describe(other)))),
+            Some(other) => Err(self.err(
+                key,
+                format!("expected a whole number, got {}", describe(other)),
+            )),
         }
     }
 
@@ -388,9 +421,16 @@ impl Walker<'_> {
 
     fn base_url(&self, value: Option<&Value>, key: &str) -> Result<Url, ConfigError> {
         let text = self.required_string(value, key)?;
-        let url = Url::parse(&text).map_err(|e| self.err(key, format!("{text:?} is not a URL: {e}")))?;
+        let url =
+            Url::parse(&text).map_err(|e| self.err(key, format!("{text:?} is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(self.err(key, format!("must be an http:// or https:// URL, got scheme {:?}", url.scheme())));
+            return Err(self.err(
+                key,
+                format!(
+                    "must be an http:// or https:// URL, got scheme {:?}",
+                    url.scheme()
+                ),
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(self.err(key, "has no host"));
@@ -428,7 +468,10 @@ impl Walker<'_> {
             && kind != "http"
             && kind != "backend"
         {
-            return Err(self.err(&format!("{key}.type"), format!("only `http` backends can be called, got {kind:?}")));
+            return Err(self.err(
+                &format!("{key}.type"),
+                format!("only `http` backends can be called, got {kind:?}"),
+            ));
         }
         let table_key = format!("{method_key}.table");
         let table = self.required_string(method.get("table"), &table_key)?;
@@ -443,7 +486,10 @@ impl Walker<'_> {
             Some(auth) => {
                 let auth_key = format!("{key}.auth");
                 let auth = self.object(auth, &auth_key)?;
-                match self.opt_string(auth.get("type"), &format!("{auth_key}.type"))?.as_deref() {
+                match self
+                    .opt_string(auth.get("type"), &format!("{auth_key}.type"))?
+                    .as_deref()
+                {
                     Some("token") => Some(SecretString::from(
                         self.required_string(auth.get("token"), &format!("{auth_key}.token"))?,
                     )),
@@ -464,7 +510,10 @@ impl Walker<'_> {
             let deploy = self.object(deploy, &deploy_key)?;
             timeout = self.timeout(deploy.get("timeout"), &format!("{deploy_key}.timeout"))?;
             timeout_overridable = self
-                .opt_bool(deploy.get("timeoutOverridable"), &format!("{deploy_key}.timeoutOverridable"))?
+                .opt_bool(
+                    deploy.get("timeoutOverridable"),
+                    &format!("{deploy_key}.timeoutOverridable"),
+                )?
                 .unwrap_or(false);
         }
 
@@ -475,11 +524,16 @@ impl Walker<'_> {
             if let Some(ms) = self.opt_u64(block.get("baseMs"), &format!("{retry_key}.baseMs"))? {
                 retry.base = Duration::from_millis(ms);
             }
-            if let Some(ms) = self.opt_u64(block.get("maxDelayMs"), &format!("{retry_key}.maxDelayMs"))? {
+            if let Some(ms) =
+                self.opt_u64(block.get("maxDelayMs"), &format!("{retry_key}.maxDelayMs"))?
+            {
                 retry.cap = Duration::from_millis(ms);
             }
             if retry.base.is_zero() || retry.cap < retry.base {
-                return Err(self.err(&retry_key, "baseMs must be above 0 and maxDelayMs at least baseMs"));
+                return Err(self.err(
+                    &retry_key,
+                    "baseMs must be above 0 and maxDelayMs at least baseMs",
+                ));
             }
         }
 
@@ -524,7 +578,9 @@ pub fn interpolate(text: &str, env: EnvLookup<'_>) -> Result<String, String> {
                 None => (expr, None),
             };
             if !is_env_name(name) {
-                return Err(format!("`${{{expr}}}` does not name an environment variable"));
+                return Err(format!(
+                    "`${{{expr}}}` does not name an environment variable"
+                ));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(value), _) => out.push_str(&value),
@@ -565,18 +621,35 @@ mod tests {
 
     #[test]
     fn interpolation_fills_variables_and_defaults() {
-        assert_eq!(interpolate("Bearer ${TOKEN}", &env).unwrap(), "Bearer s3cret");
-        assert_eq!(interpolate("${MISSING:-fallback}", &env).unwrap(), "fallback");
+        assert_eq!(
+            interpolate("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(
+            interpolate("${MISSING:-fallback}", &env).unwrap(),
+            "fallback"
+        );
         assert_eq!(interpolate("${EMPTY:-fallback}", &env).unwrap(), "fallback");
-        assert_eq!(interpolate("cost $$5 and $x", &env).unwrap(), "cost $5 and $x");
+        assert_eq!(
+            interpolate("cost $$5 and $x", &env).unwrap(),
+            "cost $5 and $x"
+        );
     }
 
     #[test]
     fn interpolation_names_the_unset_variable() {
         let err = interpolate("${NOPE}", &env).unwrap_err();
         assert!(err.contains("NOPE is not set"), "{err}");
-        assert!(interpolate("${oops", &env).unwrap_err().contains("unclosed"));
-        assert!(interpolate("${a b}", &env).unwrap_err().contains("does not name"));
+        assert!(
+            interpolate("${oops", &env)
+                .unwrap_err()
+                .contains("unclosed")
+        );
+        assert!(
+            interpolate("${a b}", &env)
+                .unwrap_err()
+                .contains("does not name")
+        );
     }
 
     #[test]

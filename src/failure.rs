@@ -80,9 +80,10 @@ impl Failure {
         match self.kind {
             FailureKind::Transport | FailureKind::Timeout | FailureKind::LeaseExpired => true,
             FailureKind::Http => matches!(self.code, 408 | 425 | 429 | 500..=599),
-            FailureKind::Validation | FailureKind::Route | FailureKind::Row | FailureKind::Cancelled => {
-                false
-            }
+            FailureKind::Validation
+            | FailureKind::Route
+            | FailureKind::Row
+            | FailureKind::Cancelled => false,
         }
     }
 }

@@ -1,16 +1,21 @@
 //! Log setup: readable text on a terminal, one JSON object per line for machines, level from
-//! `RUST_LOG` (default `info`). Lines go to stderr and are written whole, one at a time, so a
+//! `RUST_LOG` (default: the runner's own events at `info`, its dependencies' only from `warn`,
+//! since SurrealDB's embedded engine is chatty at `info`). Lines go to stderr and are written whole, one at a time, so a
 //! parent process that prefixes each line (like `spky dev`) never splits one.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,sp00ky_job_runner=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),

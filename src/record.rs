@@ -47,7 +47,12 @@ impl Decision {
 }
 
 /// Decides how an attempt of `job` that ended in `result` is recorded.
-pub fn decide(job: &Job, result: Result<(), Failure>, policy: &RetryPolicy, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    job: &Job,
+    result: Result<(), Failure>,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Decision {
     let failure = match result {
         Ok(()) => return Decision::Success,
         Err(failure) => failure,
@@ -55,8 +60,16 @@ pub fn decide(job: &Job, result: Result<(), Failure>, policy: &RetryPolicy, now:
     if !failure.is_retryable() || job.retries >= job.max_retries() {
         return Decision::Failed { failure };
     }
-    let strategy = job.row.as_ref().map_or(Strategy::Linear, |row| row.strategy);
-    let delay = policy.delay(strategy, job.retries + 1, failure.retry_after, fastrand::f64());
+    let strategy = job
+        .row
+        .as_ref()
+        .map_or(Strategy::Linear, |row| row.strategy);
+    let delay = policy.delay(
+        strategy,
+        job.retries + 1,
+        failure.retry_after,
+        fastrand::f64(),
+    );
     let due_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     Decision::Retry { failure, due_at }
 }
@@ -90,7 +103,12 @@ pub async fn write(
     let mut pause = Duration::from_millis(50);
     loop {
         match store
-            .write_back(&job.id, &job.token, decision.retries_after(job), outcome.clone())
+            .write_back(
+                &job.id,
+                &job.token,
+                decision.retries_after(job),
+                outcome.clone(),
+            )
             .await
         {
             Ok(true) => return Ok(Written::Recorded),
@@ -146,39 +164,84 @@ mod tests {
     fn retryable_failures_are_scheduled_until_the_budget_is_spent() {
         let now = Utc::now();
         let failure = Failure::http(503, "down", None);
-        let first = decide(&job(0, 2, Strategy::Exponential), Err(failure.clone()), &POLICY, now);
-        let Decision::Retry { due_at, .. } = first else { panic!("{first:?}") };
+        let first = decide(
+            &job(0, 2, Strategy::Exponential),
+            Err(failure.clone()),
+            &POLICY,
+            now,
+        );
+        let Decision::Retry { due_at, .. } = first else {
+            panic!("{first:?}")
+        };
         let wait = (due_at - now).to_std().unwrap();
-        assert!(wait >= Duration::from_secs(8) && wait <= Duration::from_secs(10), "{wait:?}");
+        assert!(
+            wait >= Duration::from_secs(8) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
 
-        let second = decide(&job(1, 2, Strategy::Exponential), Err(failure.clone()), &POLICY, now);
-        let Decision::Retry { due_at, .. } = second else { panic!("{second:?}") };
+        let second = decide(
+            &job(1, 2, Strategy::Exponential),
+            Err(failure.clone()),
+            &POLICY,
+            now,
+        );
+        let Decision::Retry { due_at, .. } = second else {
+            panic!("{second:?}")
+        };
         let wait = (due_at - now).to_std().unwrap();
-        assert!(wait >= Duration::from_secs(16) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait >= Duration::from_secs(16) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
 
-        let last = decide(&job(2, 2, Strategy::Exponential), Err(failure), &POLICY, now);
+        let last = decide(
+            &job(2, 2, Strategy::Exponential),
+            Err(failure),
+            &POLICY,
+            now,
+        );
         assert!(matches!(last, Decision::Failed { .. }), "{last:?}");
     }
 
     #[test]
     fn max_retries_zero_means_one_attempt() {
-        let decision = decide(&job(0, 0, Strategy::Linear), Err(Failure::http(500, "", None)), &POLICY, Utc::now());
+        let decision = decide(
+            &job(0, 0, Strategy::Linear),
+            Err(Failure::http(500, "", None)),
+            &POLICY,
+            Utc::now(),
+        );
         assert!(matches!(decision, Decision::Failed { .. }));
     }
 
     #[test]
     fn permanent_failures_end_at_once() {
-        let decision = decide(&job(0, 5, Strategy::Linear), Err(Failure::http(404, "", None)), &POLICY, Utc::now());
+        let decision = decide(
+            &job(0, 5, Strategy::Linear),
+            Err(Failure::http(404, "", None)),
+            &POLICY,
+            Utc::now(),
+        );
         assert!(matches!(decision, Decision::Failed { .. }));
         let invalid = Failure::new(FailureKind::Validation, "bad");
-        assert!(matches!(decide(&job(0, 5, Strategy::Linear), Err(invalid), &POLICY, Utc::now()), Decision::Failed { .. }));
+        assert!(matches!(
+            decide(
+                &job(0, 5, Strategy::Linear),
+                Err(invalid),
+                &POLICY,
+                Utc::now()
+            ),
+            Decision::Failed { .. }
+        ));
     }
 
     #[test]
     fn retry_after_stretches_the_delay() {
         let now = Utc::now();
         let failure = Failure::http(429, "slow down", Some(Duration::from_secs(45)));
-        let Decision::Retry { due_at, .. } = decide(&job(0, 3, Strategy::Linear), Err(failure), &POLICY, now) else {
+        let Decision::Retry { due_at, .. } =
+            decide(&job(0, 3, Strategy::Linear), Err(failure), &POLICY, now)
+        else {
             panic!()
         };
         assert_eq!((due_at - now).to_std().unwrap(), Duration::from_secs(45));

@@ -108,7 +108,10 @@ mod tests {
             .map(|n| POLICY.nominal_delay(Strategy::Exponential, n).as_secs())
             .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
-        assert_eq!(POLICY.nominal_delay(Strategy::Exponential, 64), Duration::from_secs(300));
+        assert_eq!(
+            POLICY.nominal_delay(Strategy::Exponential, 64),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -122,10 +125,19 @@ mod tests {
     #[test]
     fn retry_after_wins_when_longer_but_not_past_the_cap() {
         let hint = Some(Duration::from_secs(30));
-        assert_eq!(POLICY.delay(Strategy::Linear, 1, hint, 0.0), Duration::from_secs(30));
+        assert_eq!(
+            POLICY.delay(Strategy::Linear, 1, hint, 0.0),
+            Duration::from_secs(30)
+        );
         let short = Some(Duration::from_millis(10));
-        assert_eq!(POLICY.delay(Strategy::Linear, 2, short, 0.0), Duration::from_secs(2));
+        assert_eq!(
+            POLICY.delay(Strategy::Linear, 2, short, 0.0),
+            Duration::from_secs(2)
+        );
         let huge = Some(Duration::from_secs(86_400));
-        assert_eq!(POLICY.delay(Strategy::Linear, 1, huge, 0.0), Duration::from_secs(300));
+        assert_eq!(
+            POLICY.delay(Strategy::Linear, 1, huge, 0.0),
+            Duration::from_secs(300)
+        );
     }
 }

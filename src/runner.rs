@@ -147,7 +147,11 @@ impl Runner {
                 .await;
             let again_now = more_work && semaphore.available_permits() > 0;
             next_poll = tokio::time::Instant::now()
-                + if again_now { Duration::ZERO } else { options.poll_interval };
+                + if again_now {
+                    Duration::ZERO
+                } else {
+                    options.poll_interval
+                };
         }
 
         watchers.abort_all();
@@ -158,7 +162,10 @@ impl Runner {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(remaining = jobs.len(), "grace period over: cancelling and releasing the remaining jobs");
+            tracing::warn!(
+                remaining = jobs.len(),
+                "grace period over: cancelling and releasing the remaining jobs"
+            );
             let _ = cancel_tx.send(true);
             let released = tokio::time::timeout(Duration::from_secs(10), async {
                 while jobs.join_next().await.is_some() {}
@@ -247,7 +254,12 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
 }
 
 /// Runs one attempt of `job` and records its outcome.
-async fn execute(shared: &Shared, backend: &BackendRuntime, job: Job, mut cancel: watch::Receiver<bool>) {
+async fn execute(
+    shared: &Shared,
+    backend: &BackendRuntime,
+    job: Job,
+    mut cancel: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     let config = &backend.backend;
     let attempt = job.attempt();
@@ -287,9 +299,15 @@ async fn execute(shared: &Shared, backend: &BackendRuntime, job: Job, mut cancel
                 }
                 LeaseOutcome::Cancelled => {
                     match shared.store.release(&job.id, &job.token).await {
-                        Ok(true) => tracing::info!(job = %job.display_id, "released unfinished job back to pending"),
-                        Ok(false) => tracing::warn!(job = %job.display_id, "could not release: the lease was already gone"),
-                        Err(e) => tracing::warn!(job = %job.display_id, error = %e, "could not release; the lease will expire"),
+                        Ok(true) => {
+                            tracing::info!(job = %job.display_id, "released unfinished job back to pending")
+                        }
+                        Ok(false) => {
+                            tracing::warn!(job = %job.display_id, "could not release: the lease was already gone")
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job.display_id, error = %e, "could not release; the lease will expire")
+                        }
                     }
                     return;
                 }
@@ -303,7 +321,9 @@ async fn execute(shared: &Shared, backend: &BackendRuntime, job: Job, mut cancel
         Ok(Written::LostLease) => {
             tracing::warn!(job = %job.display_id, "result not written: the lease was taken over by another runner")
         }
-        Err(e) => tracing::error!(job = %job.display_id, error = %e, "could not record the outcome; the lease rescue will retry the job"),
+        Err(e) => {
+            tracing::error!(job = %job.display_id, error = %e, "could not record the outcome; the lease rescue will retry the job")
+        }
     }
 }
 

@@ -38,7 +38,7 @@ pub enum StoreError {
     #[error("cannot connect to SurrealDB at {endpoint}: {source}")]
     Connect {
         endpoint: String,
-        source: surrealdb::Error,
+        source: Box<surrealdb::Error>,
     },
     #[error(
         "SurrealDB namespace `{namespace}` or database `{database}` does not exist: run `sp00ky-job-runner schema --apply` to define them ({source})"
@@ -46,12 +46,12 @@ pub enum StoreError {
     Missing {
         namespace: String,
         database: String,
-        source: surrealdb::Error,
+        source: Box<surrealdb::Error>,
     },
     #[error("SurrealDB refused `{statement}`: {source}")]
     Query {
         statement: &'static str,
-        source: surrealdb::Error,
+        source: Box<surrealdb::Error>,
     },
     #[error("unexpected answer to `{statement}`: {detail}")]
     Shape {
@@ -132,7 +132,10 @@ pub enum WriteBack<'a> {
         due_at: DateTime<Utc>,
     },
     /// `failed`, with the failure appended.
-    Failed { failure: &'a Failure, attempt: u32 },
+    Failed {
+        failure: &'a Failure,
+        attempt: u32,
+    },
 }
 
 /// The database handle. Cloning shares one connection.
@@ -143,7 +146,10 @@ pub struct Store {
 }
 
 fn query_err(statement: &'static str) -> impl FnOnce(surrealdb::Error) -> StoreError {
-    move |source| StoreError::Query { statement, source }
+    move |source| StoreError::Query {
+        statement,
+        source: Box::new(source),
+    }
 }
 
 impl Store {
@@ -153,7 +159,7 @@ impl Store {
         let endpoint = settings.endpoint.clone();
         let connect_err = |source| StoreError::Connect {
             endpoint: endpoint.clone(),
-            source,
+            source: Box::new(source),
         };
         let db = surrealdb::engine::any::connect(settings.endpoint.as_str())
             .await
@@ -207,15 +213,14 @@ impl Store {
     pub async fn check_database(&self) -> Result<(), StoreError> {
         match self.db.query("INFO FOR DB").await.and_then(|r| r.check()) {
             Ok(_) => Ok(()),
-            Err(source) if source.to_string().contains("does not exist") => Err(StoreError::Missing {
-                namespace: self.settings.namespace.clone(),
-                database: self.settings.database.clone(),
-                source,
-            }),
-            Err(source) => Err(StoreError::Query {
-                statement: "INFO FOR DB",
-                source,
-            }),
+            Err(source) if source.to_string().contains("does not exist") => {
+                Err(StoreError::Missing {
+                    namespace: self.settings.namespace.clone(),
+                    database: self.settings.database.clone(),
+                    source: Box::new(source),
+                })
+            }
+            Err(source) => Err(query_err("INFO FOR DB")(source)),
         }
     }
 
@@ -239,7 +244,8 @@ impl Store {
             .await
             .and_then(|r| r.check())
             .map_err(query_err("INFO FOR DB"))?;
-        let db_info: Option<serde_json::Value> = response.take(0).map_err(query_err("INFO FOR DB"))?;
+        let db_info: Option<serde_json::Value> =
+            response.take(0).map_err(query_err("INFO FOR DB"))?;
         let db_info = db_info.unwrap_or_default();
         let Some(definition) = db_info
             .get("tables")
@@ -254,7 +260,8 @@ impl Store {
             .await
             .and_then(|r| r.check())
             .map_err(query_err("INFO FOR TABLE"))?;
-        let info: Option<serde_json::Value> = response.take(0).map_err(query_err("INFO FOR TABLE"))?;
+        let info: Option<serde_json::Value> =
+            response.take(0).map_err(query_err("INFO FOR TABLE"))?;
         let info = info.unwrap_or_default();
         let strings = |key: &str| -> BTreeMap<String, String> {
             info.get(key)
@@ -333,7 +340,10 @@ impl Store {
                 candidates.push(Candidate {
                     id,
                     status: fields["status"].as_str().unwrap_or_default().to_string(),
-                    lease_token: fields["lease_token"].as_str().unwrap_or_default().to_string(),
+                    lease_token: fields["lease_token"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     due_at: fields["due_at"]
                         .as_str()
                         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
@@ -361,13 +371,13 @@ impl Store {
         let mut response = self
             .db
             .query(
-                "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $token, \
+                "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $claim_token, \
                    due_at = $lease_until, updated_at = time::now() \
                  WHERE status = 'pending' AND due_at <= $now RETURN AFTER",
             )
             .bind(("ids", ids))
             .bind(("runner", runner.to_string()))
-            .bind(("token", token.to_string()))
+            .bind(("claim_token", token.to_string()))
             .bind(("now", now))
             .bind(("lease_until", lease_until))
             .await
@@ -401,7 +411,7 @@ impl Store {
         let set = if give_up {
             "status = 'failed', assignee = NONE, lease_token = NONE"
         } else {
-            "retries = $lost_attempt, assignee = $runner, lease_token = $token, due_at = $lease_until"
+            "retries = $lost_attempt, assignee = $runner, lease_token = $claim_token, due_at = $lease_until"
         };
         let mut response = self
             .db
@@ -416,7 +426,7 @@ impl Store {
             .bind(error_bindings(failure, lost_attempt))
             .bind(("lost_attempt", i64::from(lost_attempt)))
             .bind(("runner", runner.to_string()))
-            .bind(("token", token.to_string()))
+            .bind(("claim_token", token.to_string()))
             .bind(("now", now))
             .bind(("lease_until", lease_until))
             .await
@@ -444,10 +454,10 @@ impl Store {
             .db
             .query(
                 "UPDATE ONLY $id SET due_at = $lease_until, updated_at = time::now() \
-                 WHERE status = 'processing' AND lease_token = $token RETURN id",
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id",
             )
             .bind(("id", id.clone()))
-            .bind(("token", token.to_string()))
+            .bind(("claim_token", token.to_string()))
             .bind(("lease_until", lease_until))
             .await
             .and_then(|r| r.check())
@@ -465,11 +475,13 @@ impl Store {
         retries: u32,
         outcome: WriteBack<'_>,
     ) -> Result<bool, StoreError> {
-        const STATEMENT: &str = "UPDATE ONLY ... (write back) WHERE lease_token = $token";
+        const STATEMENT: &str = "UPDATE ONLY ... (write back) WHERE lease_token = $claim_token";
         let set = match outcome {
             WriteBack::Success => "status = 'success'".to_string(),
             WriteBack::Retry { .. } => {
-                format!("status = 'pending', due_at = $due_at, errors = array::append(errors ?? [], {ERROR_ENTRY})")
+                format!(
+                    "status = 'pending', due_at = $due_at, errors = array::append(errors ?? [], {ERROR_ENTRY})"
+                )
             }
             WriteBack::Failed { .. } => {
                 format!("status = 'failed', errors = array::append(errors ?? [], {ERROR_ENTRY})")
@@ -480,10 +492,10 @@ impl Store {
             .query(format!(
                 "UPDATE ONLY $id SET {set}, retries = $retries, assignee = NONE, lease_token = NONE, \
                    updated_at = time::now() \
-                 WHERE status = 'processing' AND lease_token = $token RETURN id"
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id"
             ))
             .bind(("id", id.clone()))
-            .bind(("token", token.to_string()))
+            .bind(("claim_token", token.to_string()))
             .bind(("retries", i64::from(retries)));
         match outcome {
             WriteBack::Success => {}
@@ -492,7 +504,9 @@ impl Store {
                 attempt,
                 due_at,
             } => {
-                query = query.bind(error_bindings(failure, attempt)).bind(("due_at", due_at));
+                query = query
+                    .bind(error_bindings(failure, attempt))
+                    .bind(("due_at", due_at));
             }
             WriteBack::Failed { failure, attempt } => {
                 query = query.bind(error_bindings(failure, attempt));
@@ -514,10 +528,10 @@ impl Store {
             .query(
                 "UPDATE ONLY $id SET status = 'pending', assignee = NONE, lease_token = NONE, \
                    due_at = time::now(), updated_at = time::now() \
-                 WHERE status = 'processing' AND lease_token = $token RETURN id",
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id",
             )
             .bind(("id", id.clone()))
-            .bind(("token", token.to_string()))
+            .bind(("claim_token", token.to_string()))
             .await
             .and_then(|r| r.check())
             .map_err(query_err(STATEMENT))?;
@@ -535,13 +549,13 @@ impl Store {
         let table = Self::table(table)?;
         let mut response = self
             .db
-            .query(format!("LIVE SELECT id FROM {table} WHERE status = 'pending'"))
+            .query(format!(
+                "LIVE SELECT id FROM {table} WHERE status = 'pending'"
+            ))
             .await
             .and_then(|r| r.check())
             .map_err(query_err(STATEMENT))?;
-        let stream = response
-            .stream::<Value>(0)
-            .map_err(query_err(STATEMENT))?;
+        let stream = response.stream::<Value>(0).map_err(query_err(STATEMENT))?;
         Ok(stream.map(|_| ()).boxed())
     }
 
@@ -636,8 +650,7 @@ pub fn new_job_key() -> String {
 }
 
 /// The object appended to `errors`; the timestamp comes from the database clock, like `updated_at`.
-const ERROR_ENTRY: &str =
-    "{ code: $error_code, reason: $error_reason, kind: $error_kind, attempt: $error_attempt, at: time::now() }";
+const ERROR_ENTRY: &str = "{ code: $error_code, reason: $error_reason, kind: $error_kind, attempt: $error_attempt, at: time::now() }";
 
 fn error_bindings(failure: &Failure, attempt: u32) -> surrealdb::types::Object {
     let mut vars = surrealdb::types::Object::new();
@@ -649,7 +662,10 @@ fn error_bindings(failure: &Failure, attempt: u32) -> surrealdb::types::Object {
 }
 
 /// Splits a returned row into its record id and the rest as JSON.
-fn split_row(row: Value, statement: &'static str) -> Result<(RecordId, serde_json::Value), StoreError> {
+fn split_row(
+    row: Value,
+    statement: &'static str,
+) -> Result<(RecordId, serde_json::Value), StoreError> {
     let Value::Object(object) = row else {
         return Err(StoreError::Shape {
             statement,
@@ -704,7 +720,9 @@ pub fn definitions_for(table: &str, fields: &[&str]) -> String {
             statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field} ON"))
                 || statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field}.*."))
         };
-        if fields.iter().any(|f| defines(f)) || (statement.starts_with("DEFINE INDEX") && fields.contains(&"due_at")) {
+        if fields.iter().any(|f| defines(f))
+            || (statement.starts_with("DEFINE INDEX") && fields.contains(&"due_at"))
+        {
             out.push(format!("{statement};"));
         }
     }
@@ -741,7 +759,9 @@ mod tests {
     fn schema_renames_only_the_table() {
         let schema = schema_for("spooky_jobs");
         assert!(schema.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"));
-        assert!(schema.contains("DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, due_at"));
+        assert!(schema.contains(
+            "DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, due_at"
+        ));
         assert!(!schema.contains(" job "));
         assert!(!schema.contains("--"));
     }

@@ -80,26 +80,35 @@ impl Routes {
             .map_err(|e| err("(file)", format!("cannot read the OpenAPI spec: {e}")))?;
         let doc: Value = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| {
-                err(&format!("line {}, column {}", e.line(), e.column()), format!("not valid JSON: {e}"))
+                err(
+                    &format!("line {}, column {}", e.line(), e.column()),
+                    format!("not valid JSON: {e}"),
+                )
             })?
         } else {
-            serde_saphyr::from_str(&text).map_err(|e| err("(syntax)", format!("not valid YAML: {e}")))?
+            serde_saphyr::from_str(&text)
+                .map_err(|e| err("(syntax)", format!("not valid YAML: {e}")))?
         };
         Routes::from_document(doc).map_err(|(key, message)| err(&key, message))
     }
 
     /// Builds the table from a parsed document; errors are `(key, message)`.
     pub fn from_document(doc: Value) -> Result<Routes, (String, String)> {
-        let version = doc
-            .get("openapi")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ("openapi".to_string(), "missing: expected an OpenAPI 3.0 or 3.1 document".to_string()))?;
+        let version = doc.get("openapi").and_then(Value::as_str).ok_or_else(|| {
+            (
+                "openapi".to_string(),
+                "missing: expected an OpenAPI 3.0 or 3.1 document".to_string(),
+            )
+        })?;
         let is_31 = if version.starts_with("3.1") {
             true
         } else if version.starts_with("3.0") {
             false
         } else {
-            return Err(("openapi".into(), format!("version {version:?} is not supported; expected 3.0.x or 3.1.x")));
+            return Err((
+                "openapi".into(),
+                format!("version {version:?} is not supported; expected 3.0.x or 3.1.x"),
+            ));
         };
         let paths = match doc.get("paths") {
             Some(Value::Object(paths)) => paths.clone(),
@@ -115,9 +124,8 @@ impl Routes {
         for (template, item) in &paths {
             let key = format!("paths.{template}");
             let item = resolve(&doc, item).map_err(|m| (key.clone(), m))?;
-            let Some((method_name, operation)) = METHODS
-                .iter()
-                .find_map(|m| item.get(*m).map(|op| (*m, op)))
+            let Some((method_name, operation)) =
+                METHODS.iter().find_map(|m| item.get(*m).map(|op| (*m, op)))
             else {
                 continue;
             };
@@ -128,11 +136,17 @@ impl Routes {
                 None => None,
                 Some(body) => {
                     let body_key = format!("{op_key}.requestBody");
-                    let pointer = body_pointer(&doc, body, &format!("/paths/{}/{method_name}/requestBody", escape(template)))
-                        .map_err(|m| (body_key.clone(), m))?;
+                    let pointer = body_pointer(
+                        &doc,
+                        body,
+                        &format!("/paths/{}/{method_name}/requestBody", escape(template)),
+                    )
+                    .map_err(|m| (body_key.clone(), m))?;
                     match pointer {
                         None => None,
-                        Some(pointer) => Some(compile(&schema_root, &pointer, is_31).map_err(|m| (body_key, m))?),
+                        Some(pointer) => Some(
+                            compile(&schema_root, &pointer, is_31).map_err(|m| (body_key, m))?,
+                        ),
                     }
                 }
             };
@@ -156,7 +170,11 @@ impl Routes {
             Routes::Spec(routes) => routes
                 .iter()
                 .map(|(template, route)| {
-                    let schema = if route.body_schema.is_some() { "validated" } else { "no body schema" };
+                    let schema = if route.body_schema.is_some() {
+                        "validated"
+                    } else {
+                        "no body schema"
+                    };
                     format!("{} {template} ({schema})", route.method)
                 })
                 .collect(),
@@ -172,7 +190,10 @@ impl Routes {
                 let route = routes.get(path).ok_or_else(|| {
                     Failure::new(
                         FailureKind::Route,
-                        format!("path {:?} is not a route of the backend's OpenAPI spec", excerpt(path)),
+                        format!(
+                            "path {:?} is not a route of the backend's OpenAPI spec",
+                            excerpt(path)
+                        ),
                     )
                 })?;
                 if let Some(schema) = &route.body_schema {
@@ -180,13 +201,20 @@ impl Routes {
                         .iter_errors(&payload)
                         .map(|e| {
                             let at = e.instance_path().to_string();
-                            if at.is_empty() { format!("{e}") } else { format!("{at}: {e}") }
+                            if at.is_empty() {
+                                format!("{e}")
+                            } else {
+                                format!("{at}: {e}")
+                            }
                         })
                         .collect();
                     if !messages.is_empty() {
                         return Err(Failure::new(
                             FailureKind::Validation,
-                            format!("payload does not match the request schema of {path}: {}", messages.join("; ")),
+                            format!(
+                                "payload does not match the request schema of {path}: {}",
+                                messages.join("; ")
+                            ),
                         ));
                     }
                 }
@@ -220,9 +248,9 @@ fn resolve<'d>(doc: &'d Value, value: &'d Value) -> Result<&'d Value, String> {
     match value.get("$ref").and_then(Value::as_str) {
         None => Ok(value),
         Some(reference) => {
-            let pointer = reference
-                .strip_prefix('#')
-                .ok_or_else(|| format!("only local references (#/...) are supported, got {reference:?}"))?;
+            let pointer = reference.strip_prefix('#').ok_or_else(|| {
+                format!("only local references (#/...) are supported, got {reference:?}")
+            })?;
             doc.pointer(pointer)
                 .ok_or_else(|| format!("reference {reference:?} points at nothing"))
         }
@@ -259,7 +287,9 @@ fn compile(root: &Value, pointer: &str, is_31: bool) -> Result<Validator, String
     let Value::Object(map) = &mut schema else {
         return Err("the document is not a mapping".into());
     };
-    map.insert("$ref".into(), Value::String(format!("#{pointer}")));
+    // The pointer becomes a URI fragment: characters like `{` of `/threads/{id}` must be encoded.
+    let fragment = percent_encoding::utf8_percent_encode(pointer, FRAGMENT);
+    map.insert("$ref".into(), Value::String(format!("#{fragment}")));
     // Keywords of the OpenAPI document itself would otherwise be read as schema keywords.
     for key in ["$schema", "$id", "id"] {
         map.remove(key);
@@ -295,6 +325,23 @@ fn rewrite_nullable(value: &mut Value) {
     }
 }
 
+/// What a URI fragment cannot hold literally (RFC 3986), so a JSON pointer must encode it.
+const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 /// JSON pointer escaping of one reference token.
 fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
@@ -311,7 +358,9 @@ fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
         .map(|part| {
             if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 if name.is_empty() || name.contains(['{', '}']) {
-                    return Err(format!("path template {template:?} has a malformed parameter {part:?}"));
+                    return Err(format!(
+                        "path template {template:?} has a malformed parameter {part:?}"
+                    ));
                 }
                 Ok(Segment::Param(name.to_string()))
             } else if part.contains(['{', '}']) {
@@ -366,10 +415,13 @@ fn plain_path_segments(path: &str) -> Result<Vec<String>, Failure> {
     if rest.starts_with('/') {
         return refuse("it must not start with //");
     }
-    if let Some(c) = path.chars().find(|c| {
-        !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(*c))
-    }) {
-        return refuse(&format!("character {c:?} is not allowed (no %, \\, ?, #, spaces or controls)"));
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:/".contains(*c)))
+    {
+        return refuse(&format!(
+            "character {c:?} is not allowed (no %, @, \\, ?, #, spaces or controls)"
+        ));
     }
     let segments: Vec<String> = rest.split('/').map(str::to_string).collect();
     if segments.iter().any(|s| s == "." || s == "..") {
@@ -386,9 +438,12 @@ fn plain_path_segments(path: &str) -> Result<Vec<String>, Failure> {
 fn join(base: &Url, segments: &[String]) -> Result<Url, Failure> {
     let mut url = base.clone();
     {
-        let mut path = url
-            .path_segments_mut()
-            .map_err(|()| Failure::new(FailureKind::Route, "the backend's baseUrl cannot take a path"))?;
+        let mut path = url.path_segments_mut().map_err(|()| {
+            Failure::new(
+                FailureKind::Route,
+                "the backend's baseUrl cannot take a path",
+            )
+        })?;
         path.pop_if_empty();
         for segment in segments {
             path.push(segment);
@@ -396,7 +451,10 @@ fn join(base: &Url, segments: &[String]) -> Result<Url, Failure> {
     }
     let base_path = base.path().trim_end_matches('/');
     if url.origin() != base.origin() || !url.path().starts_with(base_path) {
-        return Err(Failure::new(FailureKind::Route, "the built URL leaves the backend's baseUrl"));
+        return Err(Failure::new(
+            FailureKind::Route,
+            "the built URL leaves the backend's baseUrl",
+        ));
     }
     Ok(url)
 }
@@ -409,7 +467,11 @@ pub fn excerpt(text: &str) -> String {
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
         .take(MAX)
         .collect();
-    if text.chars().count() > MAX { format!("{cleaned}…") } else { cleaned }
+    if text.chars().count() > MAX {
+        format!("{cleaned}…")
+    } else {
+        cleaned
+    }
 }
 
 #[cfg(test)]
@@ -440,7 +502,9 @@ mod tests {
 
     #[test]
     fn builds_declared_routes_under_the_base_path() {
-        let request = spec().prepare(&base(), "/spookify", json!({"id": "t1", "note": null})).unwrap();
+        let request = spec()
+            .prepare(&base(), "/spookify", json!({"id": "t1", "note": null}))
+            .unwrap();
         assert_eq!(request.method, Method::POST);
         assert_eq!(request.url.as_str(), "http://127.0.0.1:9/api/spookify");
         let ping = spec().prepare(&base(), "/ping", json!(null)).unwrap();
@@ -450,25 +514,42 @@ mod tests {
     #[test]
     fn fills_templates_with_encoded_values() {
         let request = spec()
-            .prepare(&base(), "/threads/{id}/summary", json!({"id": "a/../b?c#d"}))
+            .prepare(
+                &base(),
+                "/threads/{id}/summary",
+                json!({"id": "a/../b?c#d"}),
+            )
             .unwrap();
-        assert_eq!(request.url.as_str(), "http://127.0.0.1:9/api/threads/a%2F..%2Fb%3Fc%23d/summary");
-        let err = spec().prepare(&base(), "/threads/{id}/summary", json!({"id": ".."})).unwrap_err();
+        assert_eq!(
+            request.url.as_str(),
+            "http://127.0.0.1:9/api/threads/a%2F..%2Fb%3Fc%23d/summary"
+        );
+        let err = spec()
+            .prepare(&base(), "/threads/{id}/summary", json!({"id": ".."}))
+            .unwrap_err();
         assert_eq!(err.kind, FailureKind::Validation);
     }
 
     #[test]
     fn validation_lists_every_problem() {
-        let err = spec().prepare(&base(), "/spookify", json!({"note": 5})).unwrap_err();
+        let err = spec()
+            .prepare(&base(), "/spookify", json!({"note": 5}))
+            .unwrap_err();
         assert_eq!(err.kind, FailureKind::Validation);
-        assert!(err.reason.contains("\"id\" is a required property"), "{}", err.reason);
+        assert!(
+            err.reason.contains("\"id\" is a required property"),
+            "{}",
+            err.reason
+        );
         assert!(err.reason.contains("/note"), "{}", err.reason);
     }
 
     #[test]
     fn undeclared_paths_are_routes_errors() {
         for path in ["/spookify/", "/threads/x/summary", "spookify", "/SPOOKIFY"] {
-            let err = spec().prepare(&base(), path, json!({"id": "x"})).unwrap_err();
+            let err = spec()
+                .prepare(&base(), path, json!({"id": "x"}))
+                .unwrap_err();
             assert_eq!(err.kind, FailureKind::Route, "{path}");
         }
     }
@@ -477,11 +558,16 @@ mod tests {
     fn unchecked_paths_must_be_plain() {
         let routes = Routes::Unchecked;
         assert_eq!(
-            routes.prepare(&base(), "/a/b-c_d", json!({})).unwrap().url.as_str(),
+            routes
+                .prepare(&base(), "/a/b-c_d", json!({}))
+                .unwrap()
+                .url
+                .as_str(),
             "http://127.0.0.1:9/api/a/b-c_d"
         );
         for path in [
             "@evil.example/x",
+            "/@evil.example/x",
             "//evil.example/x",
             "/../admin",
             "/a/./b",

@@ -6,7 +6,10 @@ use crate::helpers::fixture;
 
 fn runner() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"));
-    command.env_remove("SPKY_JOB_CONFIG").env_remove("SPKY_DB_WS").env_remove("SPKY_DB_URL");
+    command
+        .env_remove("SPKY_JOB_CONFIG")
+        .env_remove("SPKY_DB_WS")
+        .env_remove("SPKY_DB_URL");
     command
 }
 
@@ -15,11 +18,19 @@ fn a_config_error_exits_78_and_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sp00ky.yml");
     std::fs::write(&config, "apps:\n  api:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: ${UNSET_FOR_THIS_TEST}\n    method:\n      type: outbox\n      table: job\n").unwrap();
-    let output = runner().arg("--config").arg(&config).arg("check").output().unwrap();
+    let output = runner()
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}: apps.api.baseUrl: environment variable UNSET_FOR_THIS_TEST is not set", config.display())),
+        stderr.contains(&format!(
+            "{}: apps.api.baseUrl: environment variable UNSET_FOR_THIS_TEST is not set",
+            config.display()
+        )),
         "{stderr}"
     );
 }
@@ -43,10 +54,17 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
 
     let check = run(&["check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(stdout.contains("backend:   api"), "{stdout}");
     assert!(stdout.contains("POST /spookify (validated)"), "{stdout}");
-    assert!(stdout.contains("POST /threads/{id}/summary (validated)"), "{stdout}");
+    assert!(
+        stdout.contains("POST /threads/{id}/summary (validated)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("bearer token (hidden)"), "{stdout}");
     assert!(!stdout.contains("default-token"), "{stdout}");
 
@@ -56,8 +74,20 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
     let unknown = run(&["enqueue", "api", "/nope", "--payload", "{}"]);
     assert_eq!(unknown.status.code(), Some(2));
 
-    let created = run(&["enqueue", "api", "/spookify", "--payload", "{\"id\": \"thread:1\"}", "--max-retries", "0"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = run(&[
+        "enqueue",
+        "api",
+        "/spookify",
+        "--payload",
+        "{\"id\": \"thread:1\"}",
+        "--max-retries",
+        "0",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
     let key = id.strip_prefix("job:").expect("prints the job id");
     assert_eq!(key.len(), 32);
@@ -66,9 +96,24 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
 
 #[test]
 fn schema_prints_the_table_definition() {
-    let output = runner().args(["--config", "/nonexistent.yml", "schema", "--table", "spooky_jobs"]).output().unwrap();
+    let output = runner()
+        .args([
+            "--config",
+            "/nonexistent.yml",
+            "schema",
+            "--table",
+            "spooky_jobs",
+        ])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    assert!(stdout.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"), "{stdout}");
-    assert!(stdout.contains("DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs"), "{stdout}");
+    assert!(
+        stdout.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs"),
+        "{stdout}"
+    );
 }

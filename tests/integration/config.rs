@@ -18,29 +18,47 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn load_text(text: &str) -> Result<config::Config, ConfigError> {
-    config::from_yaml(text, Origin::File("sp00ky.yml".into()), &fixture(""), &env, RetryPolicy::default())
+    config::from_yaml(
+        text,
+        Origin::File("sp00ky.yml".into()),
+        &fixture(""),
+        &env,
+        RetryPolicy::default(),
+    )
 }
 
 #[test]
 fn current_shape_loads_only_backend_apps() {
-    let config = config::load(&fixture("sp00ky-current.yml"), &env, RetryPolicy::default()).unwrap();
+    let config =
+        config::load(&fixture("sp00ky-current.yml"), &env, RetryPolicy::default()).unwrap();
     assert_eq!(config.backends.len(), 1, "the frontend app is ignored");
     let api = &config.backends[0];
     assert_eq!(api.name, "api");
     assert_eq!(api.table, "job");
     assert_eq!(api.base_url.as_str(), "http://127.0.0.1:4000/api");
-    assert_eq!(secrecy::ExposeSecret::expose_secret(api.token.as_ref().unwrap()), "from-env");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(api.token.as_ref().unwrap()),
+        "from-env"
+    );
     assert_eq!(api.timeout, Duration::from_secs(5));
     assert!(api.timeout_overridable);
     assert_eq!(api.retry.base, Duration::from_millis(50));
-    assert_eq!(api.spec.as_deref(), Some(fixture("./openapi.yml").as_path()));
+    assert_eq!(
+        api.spec.as_deref(),
+        Some(fixture("./openapi.yml").as_path())
+    );
     assert_eq!(config.database.namespace.as_deref(), Some("main"));
     assert_eq!(config.database.database.as_deref(), Some("example"));
 }
 
 #[test]
 fn documented_shape_loads_and_skips_non_outbox_backends() {
-    let config = config::load(&fixture("sp00ky-documented.yml"), &env, RetryPolicy::default()).unwrap();
+    let config = config::load(
+        &fixture("sp00ky-documented.yml"),
+        &env,
+        RetryPolicy::default(),
+    )
+    .unwrap();
     assert_eq!(config.backends.len(), 1, "`mailer` uses method rpc");
     let api = &config.backends[0];
     assert_eq!(api.table, "api_job");
@@ -55,9 +73,19 @@ fn sp00ky_example_project_loads() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sp00ky-example");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("api")).unwrap();
-    std::fs::copy(example.join("sp00ky.yml"), dir.path().join("sp00ky.yml")).expect("shared fixture is present");
-    std::fs::copy(example.join("openapi.yml"), dir.path().join("api/openapi.yml")).unwrap();
-    let config = config::load(&dir.path().join("sp00ky.yml"), &|_| None, RetryPolicy::default()).unwrap();
+    std::fs::copy(example.join("sp00ky.yml"), dir.path().join("sp00ky.yml"))
+        .expect("shared fixture is present");
+    std::fs::copy(
+        example.join("openapi.yml"),
+        dir.path().join("api/openapi.yml"),
+    )
+    .unwrap();
+    let config = config::load(
+        &dir.path().join("sp00ky.yml"),
+        &|_| None,
+        RetryPolicy::default(),
+    )
+    .unwrap();
     assert_eq!(config.backends.len(), 1);
     let api = &config.backends[0];
     assert_eq!((api.name.as_str(), api.table.as_str()), ("api", "job"));
@@ -73,7 +101,10 @@ fn env_json_shape_loads() {
     assert_eq!(config.backends.len(), 2);
     assert_eq!(config.backends[0].timeout, Duration::from_secs(30));
     assert!(config.backends[0].spec.is_none());
-    assert!(config.backends[1].token.is_none(), "an empty token means no auth");
+    assert!(
+        config.backends[1].token.is_none(),
+        "an empty token means no auth"
+    );
     // The process environment is consulted through `load`, which prefers SPKY_JOB_CONFIG.
     let via_load = config::load(
         Path::new("/nonexistent/sp00ky.yml"),
@@ -96,27 +127,37 @@ const GOOD: &str = "    spec: ./openapi.yml\n    baseUrl: http://localhost:1\n  
 fn config_errors_name_file_key_and_problem() {
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            backend_yaml("    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n"),
+            backend_yaml(
+                "    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n",
+            ),
             "apps.api.baseUrl",
             "is required",
         ),
         (
-            backend_yaml("    spec: ./openapi.yml\n    baseUrl: not a url\n    method:\n      type: outbox\n      table: job\n"),
+            backend_yaml(
+                "    spec: ./openapi.yml\n    baseUrl: not a url\n    method:\n      type: outbox\n      table: job\n",
+            ),
             "apps.api.baseUrl",
             "is not a URL",
         ),
         (
-            backend_yaml("    spec: ./openapi.yml\n    baseUrl: ftp://x/\n    method:\n      type: outbox\n      table: job\n"),
+            backend_yaml(
+                "    spec: ./openapi.yml\n    baseUrl: ftp://x/\n    method:\n      type: outbox\n      table: job\n",
+            ),
             "apps.api.baseUrl",
             "http:// or https://",
         ),
         (
-            backend_yaml("    spec: ./openapi.yml\n    baseUrl: ${NOT_SET_ANYWHERE}\n    method:\n      type: outbox\n      table: job\n"),
+            backend_yaml(
+                "    spec: ./openapi.yml\n    baseUrl: ${NOT_SET_ANYWHERE}\n    method:\n      type: outbox\n      table: job\n",
+            ),
             "apps.api.baseUrl",
             "NOT_SET_ANYWHERE is not set",
         ),
         (
-            backend_yaml("    spec: ./openapi.yml\n    baseUrl: http://x\n    method:\n      type: outbox\n      table: job; DELETE x\n"),
+            backend_yaml(
+                "    spec: ./openapi.yml\n    baseUrl: http://x\n    method:\n      type: outbox\n      table: job; DELETE x\n",
+            ),
             "apps.api.method.table",
             "letters, digits and underscores",
         ),
@@ -131,7 +172,9 @@ fn config_errors_name_file_key_and_problem() {
             "between 1 and 3600",
         ),
         (
-            backend_yaml(&format!("{GOOD}    deploy:\n      timeoutOverridable: maybe\n")),
+            backend_yaml(&format!(
+                "{GOOD}    deploy:\n      timeoutOverridable: maybe\n"
+            )),
             "apps.api.deploy.timeoutOverridable",
             "true or false",
         ),
@@ -146,12 +189,18 @@ fn config_errors_name_file_key_and_problem() {
             "unknown auth type",
         ),
         (
-            backend_yaml("    baseUrl: http://x\n    method:\n      type: outbox\n      table: job\n"),
+            backend_yaml(
+                "    baseUrl: http://x\n    method:\n      type: outbox\n      table: job\n",
+            ),
             "apps.api.spec",
             "is required",
         ),
         ("apps: [1, 2]\n".into(), "apps", "expected a mapping"),
-        ("- just\n- a list\n".into(), "(top level)", "expected a mapping"),
+        (
+            "- just\n- a list\n".into(),
+            "(top level)",
+            "expected a mapping",
+        ),
         (
             format!("{}  other:\n    type: backend\n{GOOD}", backend_yaml(GOOD)),
             "other",
@@ -163,7 +212,10 @@ fn config_errors_name_file_key_and_problem() {
         assert_eq!(err.origin, Origin::File("sp00ky.yml".into()), "{text}");
         assert_eq!(err.key, key, "{text}\n=> {err}");
         assert!(err.message.contains(message), "{text}\n=> {err}");
-        assert!(err.to_string().starts_with(&format!("sp00ky.yml: {key}: ")), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!("sp00ky.yml: {key}: ")),
+            "{err}"
+        );
     }
 }
 
@@ -180,7 +232,12 @@ fn env_json_errors_name_the_variable_and_entry() {
     let err = config::from_env_json("{not json", &env, RetryPolicy::default()).unwrap_err();
     assert_eq!(err.origin, Origin::Env("SPKY_JOB_CONFIG"));
     assert!(err.key.starts_with("line 1"), "{err}");
-    let err = config::from_env_json(r#"[{"name":"a","table":"job"}]"#, &env, RetryPolicy::default()).unwrap_err();
+    let err = config::from_env_json(
+        r#"[{"name":"a","table":"job"}]"#,
+        &env,
+        RetryPolicy::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.key, "[0].base_url");
     assert_eq!(
         err.to_string(),
@@ -190,7 +247,12 @@ fn env_json_errors_name_the_variable_and_entry() {
 
 #[test]
 fn missing_file_is_named() {
-    let err = config::load(Path::new("/nonexistent/sp00ky.yml"), &|_| None, RetryPolicy::default()).unwrap_err();
+    let err = config::load(
+        Path::new("/nonexistent/sp00ky.yml"),
+        &|_| None,
+        RetryPolicy::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.origin, Origin::File("/nonexistent/sp00ky.yml".into()));
     assert!(err.message.contains("cannot read"), "{err}");
 }
@@ -201,6 +263,9 @@ fn spec_errors_name_the_file() {
     let path = dir.path().join("openapi.yml");
     std::fs::write(&path, "openapi: 2.0\npaths: {}\n").unwrap();
     let err = Routes::load(&path).err().expect("2.0 is refused");
-    assert!(err.to_string().starts_with(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().starts_with(&path.display().to_string()),
+        "{err}"
+    );
     assert_eq!(err.key, "openapi");
 }

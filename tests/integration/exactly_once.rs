@@ -13,16 +13,48 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
     const JOBS: usize = 500;
     let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(2))).await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap();
+    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job"))
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     // Half before the runners start, half while they run.
     for n in 0..JOBS / 2 {
-        ids.push(insert_job(&store, "job", "/spookify", json!({"id": format!("t{n}")}), 3, "linear").await);
+        ids.push(
+            insert_job(
+                &store,
+                "job",
+                "/spookify",
+                json!({"id": format!("t{n}")}),
+                3,
+                "linear",
+            )
+            .await,
+        );
     }
-    let first = start_runner(&store, backends(&backend.url, "job"), fast_options("runner-a")).await;
-    let second = start_runner(&store, backends(&backend.url, "job"), fast_options("runner-b")).await;
+    let first = start_runner(
+        &store,
+        backends(&backend.url, "job"),
+        fast_options("runner-a"),
+    )
+    .await;
+    let second = start_runner(
+        &store,
+        backends(&backend.url, "job"),
+        fast_options("runner-b"),
+    )
+    .await;
     for n in JOBS / 2..JOBS {
-        ids.push(insert_job(&store, "job", "/spookify", json!({"id": format!("t{n}")}), 3, "linear").await);
+        ids.push(
+            insert_job(
+                &store,
+                "job",
+                "/spookify",
+                json!({"id": format!("t{n}")}),
+                3,
+                "linear",
+            )
+            .await,
+        );
     }
     wait_until("all jobs to succeed", Duration::from_secs(120), || async {
         count_status(&store, "job", "success").await == JOBS
@@ -33,7 +65,9 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
 
     let mut per_job: HashMap<String, usize> = HashMap::new();
     for request in backend.requests() {
-        *per_job.entry(request.header("idempotency-key").unwrap().to_string()).or_default() += 1;
+        *per_job
+            .entry(request.header("idempotency-key").unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(per_job.len(), JOBS, "every job reached the backend");
     let twice: Vec<_> = per_job.iter().filter(|(_, n)| **n > 1).collect();

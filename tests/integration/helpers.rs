@@ -16,7 +16,7 @@ use sp00ky_job_runner::runner::{BackendRuntime, Runner, RunnerOptions};
 use sp00ky_job_runner::store::{DbSettings, Store};
 use sp00ky_job_runner::validate::Routes;
 use surrealdb::types::{RecordId, ToSql};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The bearer token every test backend is configured with; it must never show up in a log line,
@@ -91,7 +91,6 @@ pub type Script = Arc<dyn Fn(&Recorded, usize) -> Reply + Send + Sync>;
 struct BackendState {
     requests: Arc<Mutex<Vec<Recorded>>>,
     script: Script,
-    arrived: Arc<Notify>,
 }
 
 /// A real HTTP server that records every request.
@@ -99,26 +98,27 @@ pub struct TestBackend {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
-    arrived: Arc<Notify>,
 }
 
 impl TestBackend {
-    pub async fn start(script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) -> TestBackend {
+    pub async fn start(
+        script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
+    ) -> TestBackend {
         let state = BackendState {
             requests: Arc::new(Mutex::new(Vec::new())),
             script: Arc::new(script),
-            arrived: Arc::new(Notify::new()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(handle).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         TestBackend {
             url,
             requests: state.requests,
-            arrived: state.arrived,
         }
     }
 
@@ -134,20 +134,6 @@ impl TestBackend {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
-
-    /// Waits until at least `n` requests arrived.
-    pub async fn wait_for_requests(&self, n: usize, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.arrived.notified();
-            if self.count() >= n {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("expected {n} requests within {within:?}, got {}", self.count());
-            }
-        }
-    }
 }
 
 async fn handle(
@@ -159,7 +145,10 @@ async fn handle(
 ) -> Response {
     let recorded = Recorded {
         method,
-        target: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        target: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers,
         body: body.to_vec(),
         at: Instant::now(),
@@ -175,7 +164,6 @@ async fn handle(
         requests.push(recorded);
         reply
     };
-    state.arrived.notify_waiters();
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
@@ -201,7 +189,9 @@ pub async fn mem_store() -> Store {
 }
 
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The backends of a sp00ky.yml that points one backend (`api`, table `table`) at `base_url`
@@ -262,7 +252,11 @@ pub fn fast_options(runner_id: &str) -> RunnerOptions {
 }
 
 /// Prepares the tables and starts a runner over `backends`.
-pub async fn start_runner(store: &Store, backends: Vec<BackendRuntime>, options: RunnerOptions) -> TestRunner {
+pub async fn start_runner(
+    store: &Store,
+    backends: Vec<BackendRuntime>,
+    options: RunnerOptions,
+) -> TestRunner {
     sp00ky_job_runner::app::prepare_tables(store, &backends)
         .await
         .expect("tables are ready");
@@ -271,12 +265,22 @@ pub async fn start_runner(store: &Store, backends: Vec<BackendRuntime>, options:
     let task = tokio::spawn(runner.run(async move {
         let _ = stopped.await;
     }));
-    TestRunner { stop: Some(stop), task }
+    TestRunner {
+        stop: Some(stop),
+        task,
+    }
 }
 
 /// Writes a job row the way a Sp00ky client does: `CREATE ONLY job:<hex> SET ...` with the
 /// payload as a JSON string.
-pub async fn insert_job(store: &Store, table: &str, path: &str, payload: Value, max_retries: u32, strategy: &str) -> RecordId {
+pub async fn insert_job(
+    store: &Store,
+    table: &str,
+    path: &str,
+    payload: Value,
+    max_retries: u32,
+    strategy: &str,
+) -> RecordId {
     insert_row(
         store,
         table,
@@ -316,7 +320,12 @@ pub async fn wait_final(store: &Store, id: &RecordId, within: Duration) -> Value
         if matches!(current["status"].as_str(), Some("success" | "failed")) {
             return current;
         }
-        assert!(Instant::now() < deadline, "{} still {current} after {within:?}", id.to_sql());
+        assert!(
+            Instant::now() < deadline,
+            "{} still {current} after {within:?}; recent logs:\n{}",
+            id.to_sql(),
+            recent_logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -329,14 +338,20 @@ where
 {
     let deadline = Instant::now() + within;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; recent logs:\n{}",
+            recent_logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn count_status(store: &Store, table: &str, status: &str) -> usize {
     let rows = store
-        .raw(&format!("SELECT count() AS n FROM {table} WHERE status = '{status}' GROUP ALL"))
+        .raw(&format!(
+            "SELECT count() AS n FROM {table} WHERE status = '{status}' GROUP ALL"
+        ))
         .await
         .unwrap();
     rows[0][0]["n"].as_u64().unwrap_or(0) as usize
@@ -347,13 +362,23 @@ pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
 }
 
+/// The end of the captured logs, for failure messages.
+pub fn recent_logs() -> String {
+    let logs = captured_logs();
+    let start = logs.len().saturating_sub(4000);
+    logs[logs.ceil_char_boundary(start)..].to_string()
+}
+
 static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
 
 struct LogSink;
 
 impl Write for LogSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.get_or_init(Default::default).lock().unwrap().extend_from_slice(buf);
+        LOGS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

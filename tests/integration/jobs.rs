@@ -13,27 +13,52 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn success_sends_every_header_and_records_success() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&format!("{}/api", backend.url), "job"), fast_options("r1")).await;
+    let runner = start_runner(
+        &store,
+        backends(&format!("{}/api", backend.url), "job"),
+        fast_options("r1"),
+    )
+    .await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "thread:1"}), 3, "linear").await;
+    let id = insert_job(
+        &store,
+        "job",
+        "/spookify",
+        json!({"id": "thread:1"}),
+        3,
+        "linear",
+    )
+    .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
     assert_eq!(done["status"], "success");
     assert_eq!(done["retries"], 0);
     assert_eq!(done["errors"], json!([]));
-    assert!(done["assignee"].is_null() && done["lease_token"].is_null(), "{done}");
+    assert!(
+        done["assignee"].is_null() && done["lease_token"].is_null(),
+        "{done}"
+    );
     let requests = backend.requests();
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(request.method, "POST");
     assert_eq!(request.target, "/api/spookify");
-    assert_eq!(request.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        request.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     assert_eq!(request.header("content-type"), Some("application/json"));
-    assert_eq!(request.header("idempotency-key"), Some(id.to_sql().as_str()));
+    assert_eq!(
+        request.header("idempotency-key"),
+        Some(id.to_sql().as_str())
+    );
     assert_eq!(request.header("x-sp00ky-attempt"), Some("1"));
     assert!(
-        request.header("user-agent").unwrap().starts_with("sp00ky-job-runner/"),
+        request
+            .header("user-agent")
+            .unwrap()
+            .starts_with("sp00ky-job-runner/"),
         "{:?}",
         request.header("user-agent")
     );
@@ -47,7 +72,12 @@ async fn object_payloads_are_sent_as_they_are() {
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
     let payload = json!({"id": "thread:2", "count": 3});
-    let id = insert_row(&store, "job", json!({"path": "/spookify", "payload": payload})).await;
+    let id = insert_row(
+        &store,
+        "job",
+        json!({"path": "/spookify", "payload": payload}),
+    )
+    .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -61,7 +91,15 @@ async fn invalid_payload_fails_without_a_request() {
     let backend = TestBackend::ok().await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"count": -1}), 3, "linear").await;
+    let id = insert_job(
+        &store,
+        "job",
+        "/spookify",
+        json!({"count": -1}),
+        3,
+        "linear",
+    )
+    .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -74,7 +112,10 @@ async fn invalid_payload_fails_without_a_request() {
     assert_eq!(errors[0]["attempt"], 1);
     let reason = errors[0]["reason"].as_str().unwrap();
     assert!(reason.contains("\"id\" is a required property"), "{reason}");
-    assert!(reason.contains("/count"), "every message is listed: {reason}");
+    assert!(
+        reason.contains("/count"),
+        "every message is listed: {reason}"
+    );
     assert_eq!(backend.count(), 0);
 }
 
@@ -84,12 +125,23 @@ async fn path_templates_are_filled_from_the_payload() {
     let backend = TestBackend::ok().await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/threads/{id}/summary", json!({"id": "a b/../c?d"}), 0, "linear").await;
+    let id = insert_job(
+        &store,
+        "job",
+        "/threads/{id}/summary",
+        json!({"id": "a b/../c?d"}),
+        0,
+        "linear",
+    )
+    .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
     assert_eq!(done["status"], "success", "{done}");
-    assert_eq!(backend.requests()[0].target, "/threads/a%20b%2F..%2Fc%3Fd/summary");
+    assert_eq!(
+        backend.requests()[0].target,
+        "/threads/a%20b%2F..%2Fc%3Fd/summary"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +155,15 @@ async fn server_errors_are_retried_until_success() {
     .await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 3, "exponential").await;
+    let id = insert_job(
+        &store,
+        "job",
+        "/spookify",
+        json!({"id": "t"}),
+        3,
+        "exponential",
+    )
+    .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -111,21 +171,45 @@ async fn server_errors_are_retried_until_success() {
     assert_eq!(done["retries"], 2);
     let errors = done["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2);
-    assert_eq!((errors[0]["code"].as_u64(), errors[0]["attempt"].as_u64()), (Some(503), Some(1)));
-    assert_eq!((errors[1]["code"].as_u64(), errors[1]["attempt"].as_u64()), (Some(500), Some(2)));
+    assert_eq!(
+        (errors[0]["code"].as_u64(), errors[0]["attempt"].as_u64()),
+        (Some(503), Some(1))
+    );
+    assert_eq!(
+        (errors[1]["code"].as_u64(), errors[1]["attempt"].as_u64()),
+        (Some(500), Some(2))
+    );
     assert_eq!(errors[0]["kind"], "http");
-    assert!(errors[0]["reason"].as_str().unwrap().contains("down for maintenance"));
-    assert!(errors[0]["at"].is_string(), "each entry has a timestamp: {}", errors[0]);
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("down for maintenance")
+    );
+    assert!(
+        errors[0]["at"].is_string(),
+        "each entry has a timestamp: {}",
+        errors[0]
+    );
     let requests = backend.requests();
-    let attempts: Vec<_> = requests.iter().map(|r| r.header("x-sp00ky-attempt").unwrap().to_string()).collect();
+    let attempts: Vec<_> = requests
+        .iter()
+        .map(|r| r.header("x-sp00ky-attempt").unwrap().to_string())
+        .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
-    assert!(requests.iter().all(|r| r.header("idempotency-key") == Some(id.to_sql().as_str())));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("idempotency-key") == Some(id.to_sql().as_str()))
+    );
 }
 
 #[tokio::test]
 async fn client_errors_are_permanent() {
     let store = mem_store().await;
-    let backend = TestBackend::start(|_, _| Reply::status(422).body("{\"error\":\"thread is archived\"}")).await;
+    let backend =
+        TestBackend::start(|_, _| Reply::status(422).body("{\"error\":\"thread is archived\"}"))
+            .await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
     let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 5, "linear").await;
@@ -137,7 +221,13 @@ async fn client_errors_are_permanent() {
     assert_eq!(backend.count(), 1);
     let error = &done["errors"][0];
     assert_eq!(error["code"], 422);
-    assert!(error["reason"].as_str().unwrap().contains("thread is archived"), "{error}");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("thread is archived"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +281,10 @@ async fn retry_after_delays_the_next_attempt() {
     assert_eq!(done["errors"][0]["code"], 429);
     let requests = backend.requests();
     let gap = requests[1].at - requests[0].at;
-    assert!(gap >= Duration::from_millis(950), "second attempt came after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "second attempt came after {gap:?}"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +321,12 @@ async fn refused_connections_are_transport_failures() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let runner = start_runner(&store, backends(&format!("http://127.0.0.1:{port}"), "job"), fast_options("r1")).await;
+    let runner = start_runner(
+        &store,
+        backends(&format!("http://127.0.0.1:{port}"), "job"),
+        fast_options("r1"),
+    )
+    .await;
 
     let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 1, "linear").await;
     let done = wait_final(&store, &id, WAIT).await;
@@ -244,10 +342,22 @@ async fn refused_connections_are_transport_failures() {
 async fn rows_written_before_the_runner_starts_are_run_oldest_first() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap();
+    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job"))
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(insert_job(&store, "job", "/spookify", json!({"id": format!("t{n}")}), 3, "linear").await);
+        ids.push(
+            insert_job(
+                &store,
+                "job",
+                "/spookify",
+                json!({"id": format!("t{n}")}),
+                3,
+                "linear",
+            )
+            .await,
+        );
         // Distinct creation times make "oldest first" observable.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -259,7 +369,11 @@ async fn rows_written_before_the_runner_starts_are_run_oldest_first() {
     }
     runner.stop().await;
 
-    let order: Vec<String> = backend.requests().iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
+    let order: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(order, ["t0", "t1", "t2", "t3", "t4"]);
 }
 

@@ -27,28 +27,48 @@ async fn a_schemafull_table_without_runner_fields_is_refused_with_the_fix() {
     let store = mem_store().await;
     store.raw(SP00KY_TABLE).await.unwrap();
     let backend = TestBackend::ok().await;
-    let err = prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap_err();
-    let AppError::Schema(message) = &err else { panic!("{err}") };
-    assert!(message.contains("lacks fields the runner writes: due_at, assignee, lease_token"), "{message}");
+    let err = prepare_tables(&store, &backends(&backend.url, "job"))
+        .await
+        .unwrap_err();
+    let AppError::Schema(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        message.contains("lacks fields the runner writes: due_at, assignee, lease_token"),
+        "{message}"
+    );
     for statement in [
         "DEFINE FIELD IF NOT EXISTS due_at ON job TYPE datetime",
         "DEFINE FIELD IF NOT EXISTS assignee ON job",
         "DEFINE FIELD IF NOT EXISTS lease_token ON job",
         "DEFINE INDEX IF NOT EXISTS job_due ON job FIELDS status, due_at",
     ] {
-        assert!(message.contains(statement), "missing `{statement}` in:\n{message}");
+        assert!(
+            message.contains(statement),
+            "missing `{statement}` in:\n{message}"
+        );
     }
     assert_eq!(err.exit_code(), std::process::ExitCode::from(78));
 
     // Applying exactly what the message says makes the table acceptable, and keeps its rows.
-    let pending = insert_row(&store, "job", json!({"path": "/spookify", "payload": "{\"id\":\"old\"}"})).await;
+    let pending = insert_row(
+        &store,
+        "job",
+        json!({"path": "/spookify", "payload": "{\"id\":\"old\"}"}),
+    )
+    .await;
     let fix = message.split_once(":\n\n").unwrap().1;
     store.raw(fix).await.unwrap();
-    prepare_tables(&store, &backends(&backend.url, "job")).await.unwrap();
+    prepare_tables(&store, &backends(&backend.url, "job"))
+        .await
+        .unwrap();
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
     let done = wait_final(&store, &pending, std::time::Duration::from_secs(20)).await;
     runner.stop().await;
-    assert_eq!(done["status"], "success", "a row written before the fix still runs: {done}");
+    assert_eq!(
+        done["status"], "success",
+        "a row written before the fix still runs: {done}"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +81,10 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
         .await
         .unwrap();
     let plan = serde_json::to_string(&plan).unwrap();
-    assert!(plan.contains("job_due"), "the claim query does not use the index: {plan}");
+    assert!(
+        plan.contains("job_due"),
+        "the claim query does not use the index: {plan}"
+    );
     let info = store.table_info("job").await.unwrap();
     assert!(info.schemafull);
     for field in store::RUNNER_FIELDS {
@@ -101,7 +124,10 @@ async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
         .and_then(|r| r.check());
     let mut created = created.expect("an app user may create a pending job");
     let visible: Option<serde_json::Value> = created.take(0).unwrap();
-    assert_eq!(visible.unwrap(), json!({"status": "pending", "retries": 0, "errors": []}));
+    assert_eq!(
+        visible.unwrap(),
+        json!({"status": "pending", "retries": 0, "errors": []})
+    );
 
     for forged in [
         "CREATE job SET path = '/spookify', status = 'success'",
@@ -121,9 +147,18 @@ async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
         // Permissions make these silent no-ops or errors; either way nothing may change.
         let _ = app.query(update).await.and_then(|r| r.check());
     }
-    let row = store.raw("SELECT status, retries, errors FROM ONLY job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await.unwrap();
-    assert_eq!(row[0], json!({"status": "pending", "retries": 0, "errors": []}));
-    let count = store.raw("SELECT count() AS n FROM job GROUP ALL").await.unwrap();
+    let row = store
+        .raw("SELECT status, retries, errors FROM ONLY job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .await
+        .unwrap();
+    assert_eq!(
+        row[0],
+        json!({"status": "pending", "retries": 0, "errors": []})
+    );
+    let count = store
+        .raw("SELECT count() AS n FROM job GROUP ALL")
+        .await
+        .unwrap();
     assert_eq!(count[0][0]["n"], 1, "no forged row was created");
 
     let mut readable = app

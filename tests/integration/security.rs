@@ -45,7 +45,12 @@ async fn hostile_paths_never_reach_anything() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
     let evil = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&format!("{}/api", backend.url), "job"), fast_options("r1")).await;
+    let runner = start_runner(
+        &store,
+        backends(&format!("{}/api", backend.url), "job"),
+        fast_options("r1"),
+    )
+    .await;
 
     let paths = hostile_paths(&evil.url);
     let mut ids = Vec::new();
@@ -78,14 +83,33 @@ async fn backends_without_spec_only_take_plain_paths() {
     let runtimes: Vec<BackendRuntime> = config
         .backends
         .into_iter()
-        .map(|backend| BackendRuntime { backend, routes: Routes::Unchecked })
+        .map(|backend| BackendRuntime {
+            backend,
+            routes: Routes::Unchecked,
+        })
         .collect();
     let runner = start_runner(&store, runtimes, fast_options("r1")).await;
 
-    let plain = insert_job(&store, "job", "/any/route", json!({"free": "form"}), 0, "linear").await;
+    let plain = insert_job(
+        &store,
+        "job",
+        "/any/route",
+        json!({"free": "form"}),
+        0,
+        "linear",
+    )
+    .await;
     let mut hostile = Vec::new();
-    for path in hostile_paths(&evil.url).into_iter().filter(|p| p.contains(['@', '%', '\\', '\r', '?', '#']) || p.contains("..") || !p.starts_with('/') || p.starts_with("//")) {
-        hostile.push((path.clone(), insert_job(&store, "job", &path, json!({}), 0, "linear").await));
+    for path in hostile_paths(&evil.url).into_iter().filter(|p| {
+        p.contains(['@', '%', '\\', '\r', '?', '#'])
+            || p.contains("..")
+            || !p.starts_with('/')
+            || p.starts_with("//")
+    }) {
+        hostile.push((
+            path.clone(),
+            insert_job(&store, "job", &path, json!({}), 0, "linear").await,
+        ));
     }
     assert!(hostile.len() >= 10, "{} hostile paths", hostile.len());
     assert_eq!(wait_final(&store, &plain, WAIT).await["status"], "success");
@@ -106,7 +130,10 @@ async fn backends_without_spec_only_take_plain_paths() {
 async fn the_token_never_leaks() {
     let store = mem_store().await;
     let backend = TestBackend::start(|request, _| {
-        let echoed = request.header("authorization").unwrap_or_default().to_string();
+        let echoed = request
+            .header("authorization")
+            .unwrap_or_default()
+            .to_string();
         Reply::status(400).body(format!("bad request, you sent {echoed}"))
     })
     .await;
@@ -115,7 +142,10 @@ async fn the_token_never_leaks() {
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
-    assert_eq!(backend.requests()[0].header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        backend.requests()[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     let stored = done.to_string();
     assert!(stored.contains("[redacted]"), "{stored}");
     assert!(!stored.contains(TOKEN), "{stored}");
@@ -125,5 +155,8 @@ async fn the_token_never_leaks() {
     assert!(logs.contains("job failed"), "the runner logged this job");
     assert!(!logs.contains(TOKEN), "the token appears in the logs");
     let config = backends(&backend.url, "job");
-    assert!(!format!("{:?}", config[0].backend).contains(TOKEN), "Debug prints the token");
+    assert!(
+        !format!("{:?}", config[0].backend).contains(TOKEN),
+        "Debug prints the token"
+    );
 }
