@@ -218,6 +218,10 @@ impl Runner {
                     }
                 }
                 Err(e) if e.is_conflict() => more = true,
+                // While the database is away every poll fails; the store logged the outage once.
+                Err(e) if self.shared.store.health().is_down() => {
+                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim jobs");
+                }
                 Err(e) => {
                     tracing::warn!(backend = %backend.backend.name, error = %e, "could not claim jobs");
                 }
@@ -229,9 +233,11 @@ impl Runner {
 }
 
 /// Keeps a LIVE SELECT open on `table` and turns each notification into a wake-up. Re-arms the
-/// query with a capped backoff whenever it ends or cannot be started.
+/// query with a capped backoff whenever it ends or cannot be started, and after every reconnect
+/// (a restarted server has forgotten it, and the client does not replay live queries).
 async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
     use futures::StreamExt;
+    let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
     loop {
         match store.watch_pending(&table).await {
@@ -239,10 +245,21 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
                 pause = Duration::from_millis(200);
                 // Anything may have changed while the query was down.
                 wake.notify_one();
-                while stream.next().await.is_some() {
-                    wake.notify_one();
+                loop {
+                    tokio::select! {
+                        item = stream.next() => match item {
+                            Some(()) => wake.notify_one(),
+                            None => break,
+                        },
+                        changed = reconnects.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            tracing::info!(%table, "re-arming the live query after a reconnect");
+                            break;
+                        }
+                    }
                 }
-                tracing::debug!(%table, "live query ended; re-arming");
             }
             Err(e) => {
                 tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
@@ -319,7 +336,7 @@ async fn execute(
     match record::write(&shared.store, &job, &decision, shared.options.lease).await {
         Ok(Written::Recorded) => log_outcome(&job, &config.name, &decision, started.elapsed()),
         Ok(Written::LostLease) => {
-            tracing::warn!(job = %job.display_id, "result not written: the lease was taken over by another runner")
+            tracing::warn!(job = %job.display_id, "result not written: lost the lease to another runner, which owns the job now")
         }
         Err(e) => {
             tracing::error!(job = %job.display_id, error = %e, "could not record the outcome; the lease rescue will retry the job")

@@ -6,14 +6,18 @@
 //! and [`Store::table`] refuses anything else, so no row or request can inject one.
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::types::{RecordId, Value};
+use surrealdb::{IndexedResults, Surreal};
+use tokio::sync::watch;
 
 use crate::config::is_identifier;
 use crate::failure::Failure;
@@ -53,6 +57,8 @@ pub enum StoreError {
         statement: &'static str,
         source: Box<surrealdb::Error>,
     },
+    #[error("SurrealDB did not answer `{statement}` within {} s", STATEMENT_TIMEOUT.as_secs())]
+    Timeout { statement: &'static str },
     #[error("unexpected answer to `{statement}`: {detail}")]
     Shape {
         statement: &'static str,
@@ -143,6 +149,54 @@ pub enum WriteBack<'a> {
 pub struct Store {
     db: Surreal<Any>,
     settings: DbSettings,
+    health: Arc<Health>,
+}
+
+/// The longest one request to SurrealDB may take. While a server is unreachable the client
+/// reconnects in the background and requests wait; this bound turns the wait into an error the
+/// caller can retry, so no job task hangs on a dead connection.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the database answers, and how often it came back. Remote clients reconnect and
+/// re-authenticate by themselves, but live queries do not survive a server restart: the runner
+/// re-arms them whenever [`Health::reconnects`] moves.
+#[derive(Debug)]
+pub struct Health {
+    down: AtomicBool,
+    reconnects: watch::Sender<u64>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            down: AtomicBool::new(false),
+            reconnects: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Health {
+    fn mark_down(&self) {
+        if !self.down.swap(true, Ordering::SeqCst) {
+            tracing::warn!("lost the database connection; retrying until it is back");
+        }
+    }
+
+    fn mark_up(&self) {
+        if self.down.swap(false, Ordering::SeqCst) {
+            self.reconnects.send_modify(|n| *n += 1);
+            tracing::info!("database connection is back");
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    /// Changes each time the database comes back after being down.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
+    }
 }
 
 fn query_err(statement: &'static str) -> impl FnOnce(surrealdb::Error) -> StoreError {
@@ -177,7 +231,11 @@ impl Store {
             .await
             .map_err(connect_err)?;
         }
-        let store = Store { db, settings };
+        let store = Store {
+            db,
+            settings,
+            health: Arc::new(Health::default()),
+        };
         if store.settings.is_embedded() {
             store.define_namespace_and_database().await?;
         }
@@ -194,33 +252,64 @@ impl Store {
         &self.settings
     }
 
+    /// Sends one request, bounded by [`STATEMENT_TIMEOUT`], checks every statement's result, and
+    /// keeps [`Store::health`] current: a connection error or a timeout marks the database down,
+    /// the next answer marks it up again.
+    async fn exec<Q>(&self, statement: &'static str, query: Q) -> Result<IndexedResults, StoreError>
+    where
+        Q: IntoFuture<Output = surrealdb::Result<IndexedResults>>,
+    {
+        match tokio::time::timeout(STATEMENT_TIMEOUT, query.into_future()).await {
+            Err(_) => {
+                self.health.mark_down();
+                Err(StoreError::Timeout { statement })
+            }
+            Ok(Err(source)) => {
+                if source.is_connection() {
+                    self.health.mark_down();
+                } else {
+                    self.health.mark_up();
+                }
+                Err(query_err(statement)(source))
+            }
+            Ok(Ok(response)) => {
+                self.health.mark_up();
+                response.check().map_err(query_err(statement))
+            }
+        }
+    }
+
+    /// Connection state shared by every clone of this store.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// `DEFINE NAMESPACE` and `DEFINE DATABASE`, idempotently.
     pub async fn define_namespace_and_database(&self) -> Result<(), StoreError> {
         const STATEMENT: &str = "DEFINE NAMESPACE IF NOT EXISTS; DEFINE DATABASE IF NOT EXISTS";
         let ns = ident(&self.settings.namespace);
         let db = ident(&self.settings.database);
-        self.db
-            .query(format!(
-                "DEFINE NAMESPACE IF NOT EXISTS {ns}; USE NS {ns}; DEFINE DATABASE IF NOT EXISTS {db};"
-            ))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+        let query = self.db.query(format!(
+            "DEFINE NAMESPACE IF NOT EXISTS {ns}; USE NS {ns}; DEFINE DATABASE IF NOT EXISTS {db};"
+        ));
+        self.exec(STATEMENT, query).await?;
         Ok(())
     }
 
     /// Checks that the namespace and database exist, with an error that says how to fix it.
     pub async fn check_database(&self) -> Result<(), StoreError> {
-        match self.db.query("INFO FOR DB").await.and_then(|r| r.check()) {
+        match self.exec("INFO FOR DB", self.db.query("INFO FOR DB")).await {
             Ok(_) => Ok(()),
-            Err(source) if source.to_string().contains("does not exist") => {
+            Err(StoreError::Query { source, .. })
+                if source.to_string().contains("does not exist") =>
+            {
                 Err(StoreError::Missing {
                     namespace: self.settings.namespace.clone(),
                     database: self.settings.database.clone(),
-                    source: Box::new(source),
+                    source,
                 })
             }
-            Err(source) => Err(query_err("INFO FOR DB")(source)),
+            Err(other) => Err(other),
         }
     }
 
@@ -238,12 +327,8 @@ impl Store {
 
     pub async fn table_info(&self, table: &str) -> Result<TableInfo, StoreError> {
         let table = Self::table(table)?;
-        let mut response = self
-            .db
-            .query("INFO FOR DB")
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err("INFO FOR DB"))?;
+        let query = self.db.query("INFO FOR DB");
+        let mut response = self.exec("INFO FOR DB", query).await?;
         let db_info: Option<serde_json::Value> =
             response.take(0).map_err(query_err("INFO FOR DB"))?;
         let db_info = db_info.unwrap_or_default();
@@ -254,12 +339,8 @@ impl Store {
         else {
             return Ok(TableInfo::default());
         };
-        let mut response = self
-            .db
-            .query(format!("INFO FOR TABLE {table}"))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err("INFO FOR TABLE"))?;
+        let query = self.db.query(format!("INFO FOR TABLE {table}"));
+        let mut response = self.exec("INFO FOR TABLE", query).await?;
         let info: Option<serde_json::Value> =
             response.take(0).map_err(query_err("INFO FOR TABLE"))?;
         let info = info.unwrap_or_default();
@@ -284,11 +365,8 @@ impl Store {
     /// Applies the shipped schema to `table`; every statement is `IF NOT EXISTS`.
     pub async fn apply_schema(&self, table: &str) -> Result<(), StoreError> {
         let table = Self::table(table)?;
-        self.db
-            .query(schema_for(table))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err("schema/job.surql"))?;
+        self.exec("schema/job.surql", self.db.query(schema_for(table)))
+            .await?;
         Ok(())
     }
 
@@ -297,15 +375,11 @@ impl Store {
     pub async fn backfill_due(&self, table: &str) -> Result<usize, StoreError> {
         const STATEMENT: &str = "UPDATE ... SET due_at WHERE due_at = NONE";
         let table = Self::table(table)?;
-        let mut response = self
-            .db
-            .query(format!(
-                "UPDATE {table} SET due_at = created_at ?? time::now() \
+        let query = self.db.query(format!(
+            "UPDATE {table} SET due_at = created_at ?? time::now() \
                  WHERE due_at = NONE AND status IN ['pending', 'processing'] RETURN id"
-            ))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(rows.len())
     }
@@ -319,7 +393,7 @@ impl Store {
     ) -> Result<Vec<Candidate>, StoreError> {
         const STATEMENT: &str = "SELECT due rows";
         let table = Self::table(table)?;
-        let mut response = self
+        let query = self
             .db
             .query(format!(
                 "SELECT id, status, lease_token, due_at FROM {table} \
@@ -328,10 +402,8 @@ impl Store {
                    WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
             ))
             .bind(("now", now))
-            .bind(("limit", limit as i64))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("limit", limit as i64));
+        let mut response = self.exec(STATEMENT, query).await?;
         let mut candidates = Vec::new();
         for index in 0..2 {
             let rows: Vec<Value> = response.take(index).map_err(query_err(STATEMENT))?;
@@ -368,7 +440,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut response = self
+        let query = self
             .db
             .query(
                 "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $claim_token, \
@@ -379,10 +451,8 @@ impl Store {
             .bind(("runner", runner.to_string()))
             .bind(("claim_token", token.to_string()))
             .bind(("now", now))
-            .bind(("lease_until", lease_until))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("lease_until", lease_until));
+        let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         rows.into_iter()
             .map(|row| {
@@ -413,7 +483,7 @@ impl Store {
         } else {
             "retries = $lost_attempt, assignee = $runner, lease_token = $claim_token, due_at = $lease_until"
         };
-        let mut response = self
+        let query = self
             .db
             .query(format!(
                 "UPDATE ONLY $id SET {set}, updated_at = time::now(), \
@@ -428,10 +498,8 @@ impl Store {
             .bind(("runner", runner.to_string()))
             .bind(("claim_token", token.to_string()))
             .bind(("now", now))
-            .bind(("lease_until", lease_until))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("lease_until", lease_until));
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         match row {
             Some(row) if !give_up => {
@@ -450,7 +518,7 @@ impl Store {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         const STATEMENT: &str = "UPDATE ONLY ... SET due_at (lease)";
-        let mut response = self
+        let query = self
             .db
             .query(
                 "UPDATE ONLY $id SET due_at = $lease_until, updated_at = time::now() \
@@ -458,10 +526,8 @@ impl Store {
             )
             .bind(("id", id.clone()))
             .bind(("claim_token", token.to_string()))
-            .bind(("lease_until", lease_until))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("lease_until", lease_until));
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(row.is_some())
     }
@@ -512,10 +578,7 @@ impl Store {
                 query = query.bind(error_bindings(failure, attempt));
             }
         }
-        let mut response = query
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(row.is_some())
     }
@@ -523,7 +586,7 @@ impl Store {
     /// Puts a claimed row back to `pending` without spending an attempt (shutdown).
     pub async fn release(&self, id: &RecordId, token: &str) -> Result<bool, StoreError> {
         const STATEMENT: &str = "UPDATE ONLY ... SET status = 'pending' (release)";
-        let mut response = self
+        let query = self
             .db
             .query(
                 "UPDATE ONLY $id SET status = 'pending', assignee = NONE, lease_token = NONE, \
@@ -531,10 +594,8 @@ impl Store {
                  WHERE status = 'processing' AND lease_token = $claim_token RETURN id",
             )
             .bind(("id", id.clone()))
-            .bind(("claim_token", token.to_string()))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("claim_token", token.to_string()));
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(row.is_some())
     }
@@ -547,14 +608,10 @@ impl Store {
     ) -> Result<futures::stream::BoxStream<'static, ()>, StoreError> {
         const STATEMENT: &str = "LIVE SELECT";
         let table = Self::table(table)?;
-        let mut response = self
-            .db
-            .query(format!(
-                "LIVE SELECT id FROM {table} WHERE status = 'pending'"
-            ))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+        let query = self.db.query(format!(
+            "LIVE SELECT id FROM {table} WHERE status = 'pending'"
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
         let stream = response.stream::<Value>(0).map_err(query_err(STATEMENT))?;
         Ok(stream.map(|_| ()).boxed())
     }
@@ -564,7 +621,7 @@ impl Store {
         const STATEMENT: &str = "CREATE ONLY job";
         let table = Self::table(table)?;
         let id = RecordId::new(table, new_job_key());
-        let mut response = self
+        let query = self
             .db
             .query(
                 "CREATE ONLY $id SET path = $path, payload = $payload, max_retries = $max_retries, \
@@ -577,10 +634,8 @@ impl Store {
             .bind(("max_retries", i64::from(job.max_retries)))
             .bind(("retry_strategy", job.retry_strategy))
             .bind(("timeout", job.timeout.map(i64::from)))
-            .bind(("assigned_to", job.assigned_to))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("assigned_to", job.assigned_to));
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         row.ok_or(StoreError::Shape {
             statement: STATEMENT,
@@ -592,25 +647,19 @@ impl Store {
     /// Reads one row as JSON (tests and the CLI).
     pub async fn get(&self, id: &RecordId) -> Result<Option<serde_json::Value>, StoreError> {
         const STATEMENT: &str = "SELECT * FROM ONLY $id";
-        let mut response = self
+        let query = self
             .db
             .query("SELECT * FROM ONLY $id")
-            .bind(("id", id.clone()))
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err(STATEMENT))?;
+            .bind(("id", id.clone()));
+        let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(row.map(Value::into_json_value))
     }
 
     /// Runs arbitrary SurrealQL: only for tests and `schema --apply`'s callers, never with row data.
     pub async fn raw(&self, statements: &str) -> Result<Vec<serde_json::Value>, StoreError> {
-        let mut response = self
-            .db
-            .query(statements)
-            .await
-            .and_then(|r| r.check())
-            .map_err(query_err("(raw)"))?;
+        let query = self.db.query(statements);
+        let mut response = self.exec("(raw)", query).await?;
         let mut out = Vec::new();
         for index in 0..response.num_statements() {
             let value: Value = response.take(index).map_err(query_err("(raw)"))?;
@@ -622,13 +671,6 @@ impl Store {
     /// The underlying handle, for tests that need SurrealDB features the runner does not use.
     pub fn client(&self) -> &Surreal<Any> {
         &self.db
-    }
-
-    /// Waits until the connection answers, for up to `limit`.
-    pub async fn ping(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.db.health())
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 }
 

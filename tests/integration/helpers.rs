@@ -104,11 +104,19 @@ impl TestBackend {
     pub async fn start(
         script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
     ) -> TestBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestBackend::serve(listener, script).await
+    }
+
+    /// Serves on a listener the test bound itself (to bring a backend up on a known port).
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
+    ) -> TestBackend {
         let state = BackendState {
             requests: Arc::new(Mutex::new(Vec::new())),
             script: Arc::new(script),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
             .fallback(handle)

@@ -1,9 +1,11 @@
 //! One integration-test binary (it links SurrealDB once), one module per concern.
 
+mod chaos;
 mod cli;
 mod config;
 mod exactly_once;
 mod helpers;
 mod jobs;
+mod processes;
 mod schema;
 mod security;
