@@ -7,13 +7,17 @@
 use std::process::ExitCode;
 
 use secrecy::SecretString;
-use surrealdb::types::{RecordId, ToSql};
+use surrealdb::types::ToSql;
 
-use crate::cli::{Cli, Command, EnqueueArgs, GlobalArgs, RunArgs, SchemaArgs};
+use std::sync::Arc;
+
+use crate::admin::{Admin, AdminError, EnqueueRequest, ListQuery};
+use crate::cli::{Cli, Command, EnqueueArgs, GlobalArgs, JobsCommand, RunArgs, SchemaArgs};
 use crate::config::{self, Config, ConfigError, EnvLookup};
-use crate::retry::{RetryPolicy, Strategy};
-use crate::runner::{BackendRuntime, Runner, RunnerOptions};
-use crate::store::{self, DbSettings, NewJob, Store, StoreError};
+use crate::retry::RetryPolicy;
+use crate::runner::{BackendRuntime, Runner, RunnerOptions, RunnerStatus};
+use crate::serve::OpsState;
+use crate::store::{self, DbSettings, Store, StoreError};
 use crate::validate::{Routes, SpecError};
 
 /// Where the embedded default store lives.
@@ -33,6 +37,13 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl AppError {
@@ -41,6 +52,9 @@ impl AppError {
         match self {
             AppError::Config(_) | AppError::Spec(_) | AppError::Schema(_) => ExitCode::from(78),
             AppError::Usage(_) => ExitCode::from(2),
+            AppError::Admin(AdminError::Store(_)) => ExitCode::FAILURE,
+            AppError::Admin(_) => ExitCode::from(2),
+            AppError::Listen { .. } => ExitCode::from(78),
             AppError::Store(_) => ExitCode::FAILURE,
         }
     }
@@ -155,6 +169,7 @@ pub async fn main(cli: Cli, env: EnvLookup<'_>) -> Result<(), AppError> {
         Command::Check => check(&cli.global, env).await,
         Command::Schema(args) => schema(&cli.global, args, env).await,
         Command::Enqueue(args) => enqueue(&cli.global, args, env).await,
+        Command::Jobs(command) => jobs(&cli.global, command, env).await,
     }
 }
 
@@ -205,8 +220,106 @@ pub async fn run(
         shutdown_grace: args.shutdown_grace,
         ..RunnerOptions::default()
     };
-    Runner::new(store, backends, options).run(shutdown).await;
+    let admin_token = admin_token(&args, env)?;
+    crate::serve::check_exposure(&args.listen, admin_token.as_ref()).map_err(|message| {
+        AppError::Config(ConfigError {
+            origin: config::Origin::Env("SPKY_RUNNER_LISTEN"),
+            key: "--listen".into(),
+            message,
+        })
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+
+    let runner = Runner::new(store.clone(), backends, options);
+    let status = runner.status();
+    let ops = OpsState {
+        store: store.clone(),
+        status: status.clone(),
+        admin: Admin::new(store, runner.backends()),
+        admin_token: admin_token.map(Arc::new),
+    };
+    if ops.admin_token.is_none() {
+        tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(crate::serve::serve(listener, ops, stopped(stop_rx.clone())));
+    tracing::info!(listen = %local, "health, metrics and admin API listening");
+    tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
+    let running = runner.run(stopped(stop_rx));
+    tokio::pin!(running);
+    tokio::select! {
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            running.await;
+        }
+        () = &mut running => {}
+    }
+    let _ = server.await;
     Ok(())
+}
+
+/// The admin token from `--admin-token-file` or `SPKY_RUNNER_ADMIN_TOKEN`.
+fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString>, AppError> {
+    let token = match &args.admin_token_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            AppError::Config(ConfigError {
+                origin: config::Origin::File(path.clone()),
+                key: "--admin-token-file".into(),
+                message: format!("cannot read the admin token: {e}"),
+            })
+        })?),
+        None => env("SPKY_RUNNER_ADMIN_TOKEN"),
+    };
+    Ok(token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from))
+}
+
+/// Tells systemd (when it started us with `Type=notify`) READY once the live queries are armed,
+/// WATCHDOG while the main loop goes round, and STOPPING at shutdown. Without NOTIFY_SOCKET every
+/// call is a no-op.
+async fn notify_systemd(
+    status: Arc<RunnerStatus>,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    use sd_notify::NotifyState;
+    let armed = async {
+        while !status.live_queries_armed() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    // Live queries may be unavailable (an http:// endpoint): then polling alone serves.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), armed).await;
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    tokio::pin!(stopping);
+    loop {
+        let every = watchdog.map_or(std::time::Duration::from_secs(3600), |w| w / 3);
+        tokio::select! {
+            () = &mut stopping => break,
+            () = tokio::time::sleep(every) => {
+                if let Some(limit) = watchdog
+                    && status.loop_alive(limit / 2)
+                {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
 /// `check`: print what the runner would serve; any problem is an error.
@@ -313,65 +426,67 @@ pub async fn enqueue(
     args: EnqueueArgs,
     env: EnvLookup<'_>,
 ) -> Result<(), AppError> {
-    let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
-    let runtime = backends
-        .iter()
-        .find(|b| b.backend.name == args.backend)
-        .ok_or_else(|| {
-            let names: Vec<&str> = backends.iter().map(|b| b.backend.name.as_str()).collect();
-            AppError::Usage(format!(
-                "no backend named {:?}; configured: {}",
-                args.backend,
-                names.join(", ")
-            ))
-        })?;
     let payload: serde_json::Value = serde_json::from_str(&args.payload)
         .map_err(|e| AppError::Usage(format!("--payload is not JSON: {e}")))?;
-    runtime
-        .routes
-        .prepare(&runtime.backend.base_url, &args.path, payload.clone())
-        .map_err(|failure| AppError::Usage(failure.reason))?;
-    if Strategy::parse(&args.retry_strategy).is_none() {
-        return Err(AppError::Usage(
-            "--retry-strategy must be linear or exponential".into(),
-        ));
-    }
-    if let Some(timeout) = args.timeout
-        && !config::TIMEOUT_RANGE_SECS.contains(&u64::from(timeout))
-    {
-        return Err(AppError::Usage(
-            "--timeout must be 1 to 3600 seconds".into(),
-        ));
-    }
-    let assigned_to = args
-        .assigned_to
-        .as_deref()
-        .map(|text| {
-            RecordId::parse_simple(text).map_err(|e| {
-                AppError::Usage(format!("--assigned-to {text:?} is not a record id: {e}"))
-            })
+    let admin = admin_for(global, env).await?;
+    let id = admin
+        .enqueue(EnqueueRequest {
+            backend: args.backend,
+            path: args.path,
+            payload,
+            max_retries: Some(args.max_retries),
+            retry_strategy: Some(args.retry_strategy),
+            assigned_to: args.assigned_to,
+            timeout: args.timeout,
         })
-        .transpose()?;
-    let store = connect(global, Some(&config), env).await?;
-    let table = &runtime.backend.table;
-    if let TableState::Missing = inspect_table(&store, table).await? {
-        store.apply_schema(table).await?;
-    }
-    let id = store
-        .enqueue(
-            table,
-            NewJob {
-                path: args.path,
-                payload: payload.to_string(),
-                max_retries: args.max_retries,
-                retry_strategy: args.retry_strategy,
-                timeout: args.timeout,
-                assigned_to,
-            },
-        )
         .await?;
     println!("{}", id.to_sql());
     Ok(())
+}
+
+/// `jobs ...`: the admin API's verbs, straight against the database.
+pub async fn jobs(
+    global: &GlobalArgs,
+    command: JobsCommand,
+    env: EnvLookup<'_>,
+) -> Result<(), AppError> {
+    let admin = admin_for(global, env).await?;
+    let value = match command {
+        JobsCommand::List {
+            table,
+            status,
+            limit,
+            cursor,
+        } => {
+            admin
+                .list(ListQuery {
+                    table,
+                    status,
+                    limit: Some(limit),
+                    cursor,
+                })
+                .await?
+        }
+        JobsCommand::Show { id } => admin.show(&id).await?,
+        JobsCommand::Retry { id } => admin.retry(&id).await?,
+        JobsCommand::Cancel { id } => admin.cancel(&id).await?,
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).expect("JSON values serialise")
+    );
+    Ok(())
+}
+
+/// Loads the backends, connects, and makes sure their tables exist.
+async fn admin_for(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<Admin, AppError> {
+    let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
+    let store = connect(global, Some(&config), env).await?;
+    prepare_tables(&store, &backends).await?;
+    Ok(Admin::new(
+        store,
+        Arc::new(backends.into_iter().map(Arc::new).collect()),
+    ))
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one ends the process at once (leases then

@@ -58,6 +58,32 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Create a job the way a Sp00ky client's db.run does, after the same checks; prints its id.
     Enqueue(EnqueueArgs),
+    /// Inspect and repair jobs directly in the database (the admin API's verbs).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// One page of jobs, in id order; pass the printed `next_cursor` as --cursor for the next.
+    List {
+        /// The job table (needed when several are configured).
+        #[arg(long)]
+        table: Option<String>,
+        /// pending, processing, success or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job, with its errors.
+    Show { id: String },
+    /// Put a failed job back to pending with a fresh attempt budget (its errors are kept).
+    Retry { id: String },
+    /// End a pending job as failed, with a `cancelled` error.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -80,6 +106,14 @@ pub struct RunArgs {
     /// Longest retry delay, for backends that do not set `retry.maxDelayMs`.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub retry_cap: Duration,
+    /// Where /healthz, /readyz, /metrics and the admin API listen. Anything but loopback needs an
+    /// admin token.
+    #[arg(long, env = "SPKY_RUNNER_LISTEN", default_value = crate::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the admin API's bearer token (else env SPKY_RUNNER_ADMIN_TOKEN; without
+    /// either, the admin API is off).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for RunArgs {

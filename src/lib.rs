@@ -16,8 +16,11 @@
 //! - [`failure`]: the stable shape of an attempt's error, and retryable vs permanent.
 //! - [`retry`]: the delay formula.
 //! - [`runner`]: the loop, concurrency, leases and shutdown.
+//! - [`serve`]: health, metrics and the admin API over HTTP; [`admin`]: the operator actions
+//!   behind that API and the `jobs` commands; [`metrics`]: what `/metrics` shows.
 //! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
 
+pub mod admin;
 pub mod app;
 pub mod call;
 pub mod claim;
@@ -25,8 +28,10 @@ pub mod cli;
 pub mod config;
 pub mod failure;
 pub mod logging;
+pub mod metrics;
 pub mod record;
 pub mod retry;
 pub mod runner;
+pub mod serve;
 pub mod store;
 pub mod validate;

@@ -9,7 +9,8 @@
 //! Shutdown: claiming stops, in-flight jobs get `shutdown_grace` to finish, then the rest are
 //! cancelled and put back to `pending` without spending an attempt.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -20,6 +21,7 @@ use crate::call::{CallContext, Caller};
 use crate::claim::{Claimer, Job};
 use crate::config::Backend;
 use crate::failure::Failure;
+use crate::metrics::{Metrics, TableLabels};
 use crate::record::{self, Decision, Written};
 use crate::store::Store;
 use crate::validate::Routes;
@@ -72,11 +74,64 @@ struct Shared {
     store: Store,
     caller: Caller,
     options: RunnerOptions,
+    status: Arc<RunnerStatus>,
+}
+
+/// What the operations listener and systemd need to know about a running runner.
+pub struct RunnerStatus {
+    pub metrics: Metrics,
+    tables: Vec<String>,
+    /// Live queries currently armed; ready when every table has one.
+    live_armed: AtomicUsize,
+    /// When the main loop last went round, so the watchdog only pings a loop that is alive.
+    last_tick: Mutex<Instant>,
+}
+
+impl RunnerStatus {
+    fn new(tables: Vec<String>) -> RunnerStatus {
+        RunnerStatus {
+            metrics: Metrics::new(),
+            tables,
+            live_armed: AtomicUsize::new(0),
+            last_tick: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn live_queries_armed(&self) -> bool {
+        self.live_armed.load(Ordering::SeqCst) >= self.tables.len()
+    }
+
+    /// Whether the main loop went round within `within`.
+    pub fn loop_alive(&self, within: Duration) -> bool {
+        self.last_tick.lock().expect("tick lock").elapsed() <= within
+    }
+
+    fn tick(&self) {
+        *self.last_tick.lock().expect("tick lock") = Instant::now();
+    }
+
+    /// Reads the pending and processing counts of every table into the row gauges.
+    pub async fn refresh_row_counts(&self, store: &Store) {
+        for table in &self.tables {
+            match store.count_open(table).await {
+                Ok((pending, processing)) => {
+                    for (status, count) in [("pending", pending), ("processing", processing)] {
+                        let labels = TableLabels {
+                            table: table.clone(),
+                            status: status.into(),
+                        };
+                        self.metrics.rows.get_or_create(&labels).set(count as i64);
+                    }
+                }
+                Err(e) => tracing::debug!(%table, error = %e, "could not count rows for metrics"),
+            }
+        }
+    }
 }
 
 pub struct Runner {
     shared: Arc<Shared>,
-    backends: Vec<Arc<BackendRuntime>>,
+    backends: Arc<Vec<Arc<BackendRuntime>>>,
     claimer: Claimer,
 }
 
@@ -86,15 +141,25 @@ impl Runner {
             runner_id: options.runner_id.clone(),
             lease: options.lease,
         };
+        let tables = backends.iter().map(|b| b.backend.table.clone()).collect();
         Runner {
             shared: Arc::new(Shared {
                 store,
                 caller: Caller::new(),
                 options,
+                status: Arc::new(RunnerStatus::new(tables)),
             }),
-            backends: backends.into_iter().map(Arc::new).collect(),
+            backends: Arc::new(backends.into_iter().map(Arc::new).collect()),
             claimer,
         }
+    }
+
+    pub fn status(&self) -> Arc<RunnerStatus> {
+        self.shared.status.clone()
+    }
+
+    pub fn backends(&self) -> Arc<Vec<Arc<BackendRuntime>>> {
+        self.backends.clone()
     }
 
     /// Runs until `shutdown` completes, then drains as described in the module docs.
@@ -104,13 +169,18 @@ impl Runner {
         let wake = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let mut watchers = JoinSet::new();
-        for backend in &self.backends {
+        for backend in self.backends.iter() {
             watchers.spawn(watch_table(
                 self.shared.store.clone(),
                 backend.backend.table.clone(),
                 wake.clone(),
+                self.shared.status.clone(),
             ));
         }
+        watchers.spawn(count_reconnects(
+            self.shared.store.clone(),
+            self.shared.status.clone(),
+        ));
         tracing::info!(
             runner = %options.runner_id,
             backends = self.backends.len(),
@@ -124,6 +194,7 @@ impl Runner {
         let mut next_poll = tokio::time::Instant::now();
         tokio::pin!(shutdown);
         loop {
+            self.shared.status.tick();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -235,7 +306,7 @@ impl Runner {
 /// Keeps a LIVE SELECT open on `table` and turns each notification into a wake-up. Re-arms the
 /// query with a capped backoff whenever it ends or cannot be started, and after every reconnect
 /// (a restarted server has forgotten it, and the client does not replay live queries).
-async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
+async fn watch_table(store: Store, table: String, wake: Arc<Notify>, status: Arc<RunnerStatus>) {
     use futures::StreamExt;
     let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
@@ -243,6 +314,7 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
         match store.watch_pending(&table).await {
             Ok(mut stream) => {
                 pause = Duration::from_millis(200);
+                status.live_armed.fetch_add(1, Ordering::SeqCst);
                 // Anything may have changed while the query was down.
                 wake.notify_one();
                 loop {
@@ -260,6 +332,7 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
                         }
                     }
                 }
+                status.live_armed.fetch_sub(1, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
@@ -267,6 +340,14 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>) {
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Counts the database's comebacks for `/metrics`.
+async fn count_reconnects(store: Store, status: Arc<RunnerStatus>) {
+    let mut reconnects = store.health().reconnects();
+    while reconnects.changed().await.is_ok() {
+        status.metrics.db_reconnects.inc();
     }
 }
 
@@ -280,10 +361,16 @@ async fn execute(
     let started = Instant::now();
     let config = &backend.backend;
     let attempt = job.attempt();
+    let metrics = &shared.status.metrics;
     if let Some(due) = job.due_at {
-        let lag = (Utc::now() - due).num_milliseconds();
-        tracing::debug!(job = %job.display_id, lag_ms = lag, "claimed");
+        let lag = (Utc::now() - due).to_std().unwrap_or_default();
+        metrics.claim_lag_seconds.observe(lag.as_secs_f64());
+        tracing::debug!(job = %job.display_id, lag_ms = lag.as_millis() as u64, "claimed");
     }
+    metrics.in_flight.inc();
+    let _in_flight = scopeguard(|| {
+        metrics.in_flight.dec();
+    });
 
     let prepared = job.row.clone().and_then(|row| {
         let timeout = match (config.timeout_overridable, row.timeout) {
@@ -334,7 +421,36 @@ async fn execute(
 
     let decision = record::decide(&job, result, &config.retry, Utc::now());
     match record::write(&shared.store, &job, &decision, shared.options.lease).await {
-        Ok(Written::Recorded) => log_outcome(&job, &config.name, &decision, started.elapsed()),
+        Ok(Written::Recorded) => {
+            let outcome = match &decision {
+                Decision::Success => "success",
+                Decision::Retry { .. } => "retry",
+                Decision::Failed { .. } => "failed",
+            };
+            metrics
+                .attempts
+                .get_or_create(&metrics.outcome(&config.name, outcome))
+                .inc();
+            match &decision {
+                Decision::Retry { .. } => {
+                    metrics
+                        .retries
+                        .get_or_create(&metrics.backend(&config.name))
+                        .inc();
+                }
+                _ => {
+                    metrics
+                        .jobs_finished
+                        .get_or_create(&metrics.outcome(&config.name, outcome))
+                        .inc();
+                }
+            }
+            metrics
+                .attempt_seconds
+                .get_or_create(&metrics.backend(&config.name))
+                .observe(started.elapsed().as_secs_f64());
+            log_outcome(&job, &config.name, &decision, started.elapsed())
+        }
         Ok(Written::LostLease) => {
             tracing::warn!(job = %job.display_id, "result not written: lost the lease to another runner, which owns the job now")
         }
@@ -378,6 +494,19 @@ async fn hold_lease_during(
             }
         }
     }
+}
+
+/// Runs `f` when dropped: keeps the in-flight gauge right on every exit path.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn log_outcome(job: &Job, backend: &str, decision: &Decision, elapsed: Duration) {

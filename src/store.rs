@@ -656,6 +656,91 @@ impl Store {
         Ok(row.map(Value::into_json_value))
     }
 
+    /// A page of rows in id order, after `after` (keyset paging: stable while rows change).
+    pub async fn list_jobs(
+        &self,
+        table: &str,
+        status: Option<&str>,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "SELECT page of jobs";
+        let table = Self::table(table)?;
+        let query = self
+            .db
+            .query(format!(
+                "SELECT * FROM {table} WHERE ($status = NONE OR status = $status) \
+                   AND ($after = NONE OR id > $after) ORDER BY id LIMIT $limit"
+            ))
+            .bind(("status", status.map(str::to_string)))
+            .bind(("after", after))
+            .bind(("limit", limit as i64));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(rows.into_iter().map(Value::into_json_value).collect())
+    }
+
+    /// Puts a `failed` job back to `pending` with a fresh attempt budget; its `errors` stay.
+    /// `None` when the job is not failed (or does not exist).
+    pub async fn retry_failed(
+        &self,
+        id: &RecordId,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET status = 'pending' WHERE status = 'failed'";
+        let query = self
+            .db
+            .query(
+                "UPDATE ONLY $id SET status = 'pending', retries = 0, due_at = time::now(), \
+                   assignee = NONE, lease_token = NONE, updated_at = time::now() \
+                 WHERE status = 'failed' RETURN AFTER",
+            )
+            .bind(("id", id.clone()));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.map(Value::into_json_value))
+    }
+
+    /// Ends a `pending` job `failed` with the given failure appended. `None` when the job is not
+    /// pending (or does not exist).
+    pub async fn cancel_pending(
+        &self,
+        id: &RecordId,
+        failure: &Failure,
+        attempt: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET status = 'failed' WHERE status = 'pending'";
+        let query = self
+            .db
+            .query(format!(
+                "UPDATE ONLY $id SET status = 'failed', updated_at = time::now(), \
+                   errors = array::append(errors ?? [], {ERROR_ENTRY}) \
+                 WHERE status = 'pending' RETURN AFTER"
+            ))
+            .bind(("id", id.clone()))
+            .bind(error_bindings(failure, attempt));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.map(Value::into_json_value))
+    }
+
+    /// How many rows of `table` are `pending` and `processing` (both counts use the index).
+    pub async fn count_open(&self, table: &str) -> Result<(u64, u64), StoreError> {
+        const STATEMENT: &str = "SELECT count() per status";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "SELECT count() AS n FROM {table} WHERE status = 'pending' GROUP ALL; \
+             SELECT count() AS n FROM {table} WHERE status = 'processing' GROUP ALL;"
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let mut counts = [0u64; 2];
+        for (index, count) in counts.iter_mut().enumerate() {
+            let rows: Vec<serde_json::Value> =
+                response.take(index).map_err(query_err(STATEMENT))?;
+            *count = rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
+        }
+        Ok((counts[0], counts[1]))
+    }
+
     /// Runs arbitrary SurrealQL: only for tests and `schema --apply`'s callers, never with row data.
     pub async fn raw(&self, statements: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         let query = self.db.query(statements);

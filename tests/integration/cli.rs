@@ -92,6 +92,56 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
     let key = id.strip_prefix("job:").expect("prints the job id");
     assert_eq!(key.len(), 32);
     assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+
+    // The admin verbs' CLI twins, straight against the database.
+    let json = |output: std::process::Output| -> serde_json::Value {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("prints JSON")
+    };
+    let shown = json(run(&["jobs", "show", &id]));
+    assert_eq!(
+        (shown["status"].as_str(), shown["max_retries"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let cancelled = json(run(&["jobs", "cancel", &id]));
+    assert_eq!(cancelled["status"], "failed");
+    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
+    let again = run(&["jobs", "cancel", &id]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a failed job cannot be cancelled"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("only a pending job can be cancelled"));
+    let retried = json(run(&["jobs", "retry", &id]));
+    assert_eq!(
+        (retried["status"].as_str(), retried["retries"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let listed = json(run(&["jobs", "list", "--status", "pending"]));
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    assert_eq!(run(&["jobs", "show", "user:nope"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_public_listener_without_an_admin_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
+    let output = runner()
+        .current_dir(dir.path())
+        .env("TEST_BASE_URL", "http://127.0.0.1:9")
+        .env_remove("SPKY_RUNNER_ADMIN_TOKEN")
+        .args(["--db", "mem://", "run", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod config;
 mod exactly_once;
 mod helpers;
 mod jobs;
+mod ops;
 mod processes;
 mod schema;
 mod security;

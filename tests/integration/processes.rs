@@ -220,7 +220,7 @@ impl RunnerProcess {
             .env("SPKY_DB_PASS", ROOT_PASS)
             .env_remove("SPKY_JOB_CONFIG")
             .args(server.runner_args())
-            .arg("run")
+            .args(["run", "--listen", "127.0.0.1:0"])
             .args(run_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

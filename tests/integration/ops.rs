@@ -1,0 +1,411 @@
+//! The operations listener: health, readiness, metrics, and the admin API with its token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sp00ky_job_runner::admin::Admin;
+use sp00ky_job_runner::runner::Runner;
+use sp00ky_job_runner::serve::{self, OpsState};
+use sp00ky_job_runner::store::Store;
+
+use crate::helpers::*;
+
+const ADMIN: &str = "admin-secret-for-tests";
+
+/// Serves the ops router on 127.0.0.1:0 for `runner` (not started) and returns its base URL.
+async fn serve_ops(store: &Store, runner: &Runner, token: Option<&str>) -> String {
+    let state = OpsState {
+        store: store.clone(),
+        status: runner.status(),
+        admin: Admin::new(store.clone(), runner.backends()),
+        admin_token: token.map(|t| Arc::new(SecretString::from(t.to_string()))),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve::serve(listener, state, std::future::pending()));
+    url
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client().request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_after_known_jobs() {
+    let store = mem_store().await;
+    let backend = TestBackend::start(|request, _| {
+        if request.json()["id"] == "missing" {
+            Reply::status(404)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let backends = backends(&backend.url, "job");
+    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options("metrics"));
+    let url = serve_ops(&store, &runner, None).await;
+    let status = runner.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut ids = Vec::new();
+    for id in ["a", "b", "missing"] {
+        ids.push(insert_job(&store, "job", "/spookify", json!({"id": id}), 0, "linear").await);
+    }
+    for id in &ids {
+        wait_final(&store, id, Duration::from_secs(20)).await;
+    }
+    wait_until("live queries armed", Duration::from_secs(10), || async {
+        status.live_queries_armed()
+    })
+    .await;
+
+    let health = client().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let (code, ready) = call(reqwest::Method::GET, format!("{url}/readyz"), None, None).await;
+    assert_eq!(
+        (code, ready),
+        (200, json!({"database": true, "live_queries": true}))
+    );
+
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let api = [("backend", "api")];
+    assert_eq!(
+        metric(
+            &scrape,
+            "sp00ky_runner_jobs_finished_total",
+            &[("backend", "api"), ("outcome", "success")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "sp00ky_runner_jobs_finished_total",
+            &[("backend", "api"), ("outcome", "failed")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "sp00ky_runner_attempt_duration_seconds_count",
+            &api
+        )
+        .or(metric(
+            &scrape,
+            "sp00ky_runner_attempt_duration_seconds",
+            &api
+        )),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&scrape, "sp00ky_runner_claim_lag_seconds_count", &[]).or(metric(
+            &scrape,
+            "sp00ky_runner_claim_lag_seconds",
+            &[]
+        )),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&scrape, "sp00ky_runner_in_flight_jobs", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "sp00ky_runner_job_rows",
+            &[("table", "job"), ("status", "pending")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "sp00ky_runner_job_rows",
+            &[("table", "job"), ("status", "processing")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&scrape, "sp00ky_runner_db_reconnects_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_right_token() {
+    let store = mem_store().await;
+    let backends = backends("http://127.0.0.1:9", "job");
+    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
+    let open = serve_ops(&store, &runner, None).await;
+    let guarded = serve_ops(&store, &runner, Some(ADMIN)).await;
+
+    let (code, body) = call(reqwest::Method::GET, format!("{open}/v1/jobs"), None, None).await;
+    assert_eq!(
+        code, 403,
+        "no token configured: the admin API is off: {body}"
+    );
+    let (code, body) = call(
+        reqwest::Method::GET,
+        format!("{guarded}/v1/jobs"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("missing"));
+    let (code, _) = call(
+        reqwest::Method::GET,
+        format!("{guarded}/v1/jobs"),
+        Some("wrong"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 401);
+    let (code, body) = call(
+        reqwest::Method::GET,
+        format!("{guarded}/v1/jobs"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!((code, body), (200, json!({"jobs": []})));
+    // Health and metrics stay open: they carry no job data.
+    assert_eq!(
+        client()
+            .get(format!("{guarded}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    assert!(serve::check_exposure(&"0.0.0.0:8787".parse().unwrap(), None).is_err());
+    assert!(
+        serve::check_exposure(
+            &"0.0.0.0:8787".parse().unwrap(),
+            Some(&SecretString::from("t"))
+        )
+        .is_ok()
+    );
+    assert!(serve::check_exposure(&"127.0.0.1:8787".parse().unwrap(), None).is_ok());
+    assert!(serve::check_exposure(&"[::1]:8787".parse().unwrap(), None).is_ok());
+}
+
+#[tokio::test]
+async fn admin_verbs_and_malformed_requests() {
+    let store = mem_store().await;
+    let backends = backends("http://127.0.0.1:9", "job");
+    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
+    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
+    let post = |path: &str, body: Option<Value>| {
+        call(
+            reqwest::Method::POST,
+            format!("{url}{path}"),
+            Some(ADMIN),
+            body,
+        )
+    };
+    let get = |path: &str| {
+        call(
+            reqwest::Method::GET,
+            format!("{url}{path}"),
+            Some(ADMIN),
+            None,
+        )
+    };
+
+    // Enqueue, validated like db.run.
+    let (code, created) = post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": "t1"}, "max_retries": 1}))).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("job:") && id.len() == 36, "{id}");
+    let (code, shown) = get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (shown["status"].as_str(), shown["max_retries"].as_u64()),
+        (Some("pending"), Some(1))
+    );
+    assert_eq!(
+        shown["payload"], "{\"id\":\"t1\"}",
+        "stored as the Sp00ky client stores it"
+    );
+
+    for (body, expected) in [
+        (
+            json!({"backend": "api", "path": "/spookify", "payload": {}}),
+            "\"id\" is a required property",
+        ),
+        (
+            json!({"backend": "nope", "path": "/spookify", "payload": {"id": "x"}}),
+            "no backend named",
+        ),
+        (
+            json!({"backend": "api", "path": "/admin", "payload": {"id": "x"}}),
+            "not a route",
+        ),
+        (
+            json!({"backend": "api", "path": "/spookify", "payload": {"id": "x"}, "retry_strategy": "fibonacci"}),
+            "linear or exponential",
+        ),
+        (
+            json!({"backend": "api", "path": "/spookify", "payload": {"id": "x"}, "timeout": 0}),
+            "1 to 3600",
+        ),
+    ] {
+        let (code, body) = post("/v1/jobs", Some(body)).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(expected), "{body}");
+    }
+    // Malformed bodies: not JSON, wrong types, unknown fields. Each gets a JSON error, never a crash.
+    let raw = client()
+        .post(format!("{url}/v1/jobs"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    assert!(raw.json::<Value>().await.unwrap()["error"].is_string());
+    for body in [
+        json!([1, 2]),
+        json!({"backend": 5}),
+        json!({"backend": "api", "path": "/spookify", "extra": true}),
+    ] {
+        let (code, body) = post("/v1/jobs", Some(body)).await;
+        assert!((400..500).contains(&code), "{code} {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    assert_eq!(get("/v1/jobs/not-an-id").await.0, 400);
+    assert_eq!(
+        get("/v1/jobs/user:abc").await.0,
+        404,
+        "other tables are not reachable"
+    );
+    assert_eq!(get("/v1/jobs/job:doesnotexist").await.0, 404);
+    assert_eq!(get("/v1/jobs?status=weird").await.0, 400);
+    assert_eq!(get("/v1/jobs?limit=0").await.0, 400);
+    assert_eq!(get("/v1/jobs?limit=abc").await.0, 400);
+    assert_eq!(get("/v1/nothing").await.0, 404);
+
+    // Cancel a pending job; cancelling again conflicts.
+    let (code, cancelled) = post(&format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "failed");
+    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
+    assert_eq!(post(&format!("/v1/jobs/{id}/cancel"), None).await.0, 409);
+
+    // Retry the failed job: pending again, fresh budget, history kept.
+    let (code, retried) = post(&format!("/v1/jobs/{id}/retry"), None).await;
+    assert_eq!(code, 200, "{retried}");
+    assert_eq!(
+        (retried["status"].as_str(), retried["retries"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    assert_eq!(retried["errors"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        post(&format!("/v1/jobs/{id}/retry"), None).await.0,
+        409,
+        "only failed jobs can be retried"
+    );
+
+    // Paging: five more jobs, pages of two, every job exactly once.
+    for n in 0..5 {
+        assert_eq!(post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": format!("p{n}")}}))).await.0, 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=2&cursor={c}"),
+            None => "/v1/jobs?limit=2".to_string(),
+        };
+        let (code, page) = get(&path).await;
+        assert_eq!(code, 200, "{page}");
+        for job in page["jobs"].as_array().unwrap() {
+            seen.push(job["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (6, 6), "{seen:?}");
+    let (_, pending) = get("/v1/jobs?status=pending&limit=500").await;
+    assert_eq!(pending["jobs"].as_array().unwrap().len(), 6);
+}
