@@ -39,6 +39,8 @@ pub enum AppError {
     Usage(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("not healthy: {0}")]
+    Unhealthy(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -55,7 +57,7 @@ impl AppError {
             AppError::Admin(AdminError::Store(_)) => ExitCode::FAILURE,
             AppError::Admin(_) => ExitCode::from(2),
             AppError::Listen { .. } => ExitCode::from(78),
-            AppError::Store(_) => ExitCode::FAILURE,
+            AppError::Store(_) | AppError::Unhealthy(_) => ExitCode::FAILURE,
         }
     }
 }
@@ -166,10 +168,12 @@ async fn connect(
 pub async fn main(cli: Cli, env: EnvLookup<'_>) -> Result<(), AppError> {
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => run(&cli.global, args, env, shutdown_signal()).await,
+        Command::Dev(args) => crate::dev::dev(&cli.global, args, env).await,
         Command::Check => check(&cli.global, env).await,
         Command::Schema(args) => schema(&cli.global, args, env).await,
         Command::Enqueue(args) => enqueue(&cli.global, args, env).await,
         Command::Jobs(command) => jobs(&cli.global, command, env).await,
+        Command::Health { listen } => health(listen, env).await,
     }
 }
 
@@ -442,6 +446,36 @@ pub async fn enqueue(
         .await?;
     println!("{}", id.to_sql());
     Ok(())
+}
+
+/// `health`: GET /healthz of a running runner. A wildcard listen address is asked on loopback.
+pub async fn health(
+    listen: Option<std::net::SocketAddr>,
+    env: EnvLookup<'_>,
+) -> Result<(), AppError> {
+    let mut addr = match listen {
+        Some(addr) => addr,
+        None => env("SPKY_RUNNER_LISTEN")
+            .unwrap_or_else(|| crate::serve::DEFAULT_LISTEN.into())
+            .parse()
+            .map_err(|e| AppError::Usage(format!("SPKY_RUNNER_LISTEN is not an address: {e}")))?,
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .expect("a plain client builds");
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(AppError::Unhealthy(format!(
+            "{url} answered {}",
+            response.status()
+        ))),
+        Err(e) => Err(AppError::Unhealthy(format!("{url}: {e}"))),
+    }
 }
 
 /// `jobs ...`: the admin API's verbs, straight against the database.

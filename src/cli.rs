@@ -52,12 +52,20 @@ pub enum LogFormat {
 pub enum Command {
     /// Run jobs until stopped (the default).
     Run(RunArgs),
+    /// Run jobs, and beside them every backend's `dev` command from sp00ky.yml.
+    Dev(RunArgs),
     /// Load the config and specs, connect, inspect the tables, print what the runner would serve.
     Check,
     /// Print (or apply) the job table schema.
     Schema(SchemaArgs),
     /// Create a job the way a Sp00ky client's db.run does, after the same checks; prints its id.
     Enqueue(EnqueueArgs),
+    /// Exit 0 when a running runner's /healthz answers (for container health checks).
+    Health {
+        /// The runner's listener [default: SPKY_RUNNER_LISTEN, else 127.0.0.1:8787].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Inspect and repair jobs directly in the database (the admin API's verbs).
     #[command(subcommand)]
     Jobs(JobsCommand),

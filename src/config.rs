@@ -71,6 +71,34 @@ pub struct Backend {
     pub timeout_overridable: bool,
     /// Base and cap of retry delays; per backend because backends recover at different speeds.
     pub retry: RetryPolicy,
+    /// How `sp00ky-job-runner dev` starts this backend locally (the `dev` key).
+    pub dev: Option<DevSpec>,
+}
+
+/// The `dev` key of a backend: a command that runs it during development.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSpec {
+    pub command: DevCommand,
+    /// Where it runs: `workdir` resolved against the config file's folder (the project root).
+    pub workdir: PathBuf,
+    /// A dotenv file whose variables the command gets.
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevCommand {
+    /// A string: run with `sh -c`.
+    Shell(String),
+    /// `npm run <script>`
+    Npm { script: String },
+    /// `uv run <script>`
+    Uv { script: String },
+    /// Build `file` and run it with `port` published and `env` set.
+    Docker {
+        file: PathBuf,
+        port: Option<u16>,
+        env: Vec<(String, String)>,
+    },
 }
 
 /// The `surrealdb:` block of sp00ky.yml: the lowest-precedence source of database settings.
@@ -115,10 +143,10 @@ pub fn load(
         key: "(file)".into(),
         message: format!("cannot read the configuration file: {e}"),
     })?;
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     from_yaml(&text, origin, &base_dir, env, default_retry)
 }
 
@@ -247,6 +275,7 @@ pub fn from_env_json(
             timeout,
             timeout_overridable,
             retry: default_retry,
+            dev: None,
         });
     }
     let config = Config {
@@ -537,6 +566,11 @@ impl Walker<'_> {
             }
         }
 
+        let dev = match obj.get("dev") {
+            None | Some(Value::Null) => None,
+            Some(dev) => Some(self.dev(dev, &format!("{key}.dev"), base_dir)?),
+        };
+
         Ok(Some(Backend {
             name: name.to_string(),
             table,
@@ -546,8 +580,110 @@ impl Walker<'_> {
             timeout,
             timeout_overridable,
             retry,
+            dev,
         }))
     }
+
+    /// The `dev` key: a string, or `{type: npm|uv|docker, ...}` with optional `workdir` and
+    /// `env-file`, both relative to the config file's folder.
+    fn dev(&self, value: &Value, key: &str, base_dir: &Path) -> Result<DevSpec, ConfigError> {
+        if let Value::String(command) = value {
+            // Not interpolated: the shell expands variables itself, and `$$` must stay `$$`.
+            if command.trim().is_empty() {
+                return Err(self.err(key, "must not be empty"));
+            }
+            let command = command.clone();
+            return Ok(DevSpec {
+                command: DevCommand::Shell(command),
+                workdir: base_dir.to_path_buf(),
+                env_file: None,
+            });
+        }
+        let obj = self.object(value, key)?;
+        let workdir = match self.opt_string(obj.get("workdir"), &format!("{key}.workdir"))? {
+            Some(dir) => base_dir.join(dir),
+            None => base_dir.to_path_buf(),
+        };
+        let env_file = self
+            .opt_string(obj.get("env-file"), &format!("{key}.env-file"))?
+            .map(|file| base_dir.join(file));
+        let kind_key = format!("{key}.type");
+        let command = match self.required_string(obj.get("type"), &kind_key)?.as_str() {
+            "npm" => DevCommand::Npm {
+                script: self.required_string(obj.get("script"), &format!("{key}.script"))?,
+            },
+            "uv" => DevCommand::Uv {
+                script: self.required_string(obj.get("script"), &format!("{key}.script"))?,
+            },
+            "docker" => {
+                let port = match self.opt_u64(obj.get("port"), &format!("{key}.port"))? {
+                    None => None,
+                    Some(port) => Some(u16::try_from(port).map_err(|_| {
+                        self.err(
+                            &format!("{key}.port"),
+                            format!("{port} is not a port number"),
+                        )
+                    })?),
+                };
+                let mut env = Vec::new();
+                if let Some(vars) = obj.get("env") {
+                    for (name, value) in self.object(vars, &format!("{key}.env"))? {
+                        let value = self
+                            .opt_string(Some(value), &format!("{key}.env.{name}"))?
+                            .unwrap_or_default();
+                        env.push((name.clone(), value));
+                    }
+                }
+                DevCommand::Docker {
+                    file: base_dir
+                        .join(self.required_string(obj.get("file"), &format!("{key}.file"))?),
+                    port,
+                    env,
+                }
+            }
+            other => {
+                return Err(self.err(
+                    &kind_key,
+                    format!("unknown dev type {other:?}; expected npm, uv or docker (or a command string)"),
+                ));
+            }
+        };
+        Ok(DevSpec {
+            command,
+            workdir,
+            env_file,
+        })
+    }
+}
+
+/// Reads a dotenv file: `KEY=VALUE` lines; `#` comments and blank lines are skipped; an optional
+/// `export ` prefix and matching single or double quotes around the value are removed.
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected KEY=VALUE", number + 1))?;
+        let name = name.trim();
+        if !is_env_name(name) {
+            return Err(format!(
+                "line {}: {name:?} is not a variable name",
+                number + 1
+            ));
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .unwrap_or(value);
+        vars.push((name.to_string(), value.to_string()));
+    }
+    Ok(vars)
 }
 
 /// True for names SurrealQL accepts unquoted as a table: the store relies on this to name tables.
@@ -649,6 +785,25 @@ mod tests {
             interpolate("${a b}", &env)
                 .unwrap_err()
                 .contains("does not name")
+        );
+    }
+
+    #[test]
+    fn dotenv_lines() {
+        let vars = parse_dotenv("# comment\n\nA=1\nexport B = \"two words\"\nC='x=y'\n").unwrap();
+        assert_eq!(
+            vars,
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+        assert!(parse_dotenv("JUST A LINE").unwrap_err().contains("line 1"));
+        assert!(
+            parse_dotenv("1A=x")
+                .unwrap_err()
+                .contains("not a variable name")
         );
     }
 

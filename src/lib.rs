@@ -18,6 +18,7 @@
 //! - [`runner`]: the loop, concurrency, leases and shutdown.
 //! - [`serve`]: health, metrics and the admin API over HTTP; [`admin`]: the operator actions
 //!   behind that API and the `jobs` commands; [`metrics`]: what `/metrics` shows.
+//! - [`dev`]: `dev` mode, the runner plus each backend's dev command.
 //! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod call;
 pub mod claim;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod failure;
 pub mod logging;
 pub mod metrics;

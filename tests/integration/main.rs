@@ -3,6 +3,7 @@
 mod chaos;
 mod cli;
 mod config;
+mod deploy;
 mod exactly_once;
 mod helpers;
 mod jobs;

@@ -1,0 +1,345 @@
+//! The ways users run the service: `spky dev`'s sidecar environment, `dev` mode, and the
+//! Docker and systemd files (checked as far as this machine allows: no Docker engine runs here;
+//! `.ci/run` also runs `systemd-analyze verify` on the unit).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TOKEN, TestBackend, fixture, row, wait_until};
+use crate::processes::{ROOT_PASS, ROOT_USER, Server, wait_exit};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Started with only what `spky dev` gives its sidecar (SPKY_JOB_CONFIG, SPKY_DB_*, RUST_LOG)
+/// and no flags, the runner does its whole job; its log lines are whole and plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_only_start_runs_jobs() {
+    let _turn = crate::processes::ONE_AT_A_TIME.lock().await;
+    let server = Server::start().await;
+    let store = server.store().await;
+    store.apply_schema("job").await.unwrap();
+    let backend = TestBackend::start(|_, _| Reply::ok()).await;
+    let empty = tempfile::tempdir().unwrap();
+    let job_config = json!([{
+        "name": "api", "table": "job", "base_url": backend.url, "auth_token": TOKEN,
+        "timeout": 10, "timeout_overridable": false
+    }]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
+        .current_dir(empty.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("SPKY_JOB_CONFIG", job_config.to_string())
+        .env("SPKY_DB_WS", server.endpoint())
+        .env("SPKY_DB_NS", "test")
+        .env("SPKY_DB_NAME", "test")
+        .env("SPKY_DB_USER", ROOT_USER)
+        .env("SPKY_DB_PASS", ROOT_PASS)
+        .env("SPKY_RUNNER_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ids = crate::processes::insert_jobs(&store, 3, 1, "linear").await;
+    wait_until("the jobs to succeed", Duration::from_secs(60), || async {
+        let mut all = true;
+        for id in &ids {
+            all &= row(&store, id).await["status"] == "success";
+        }
+        all
+    })
+    .await;
+    assert_eq!(backend.count(), 3);
+    assert_eq!(
+        backend.requests()[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+
+    crate::processes::signal(child.id(), "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20))
+        .await
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(
+        !logs.contains('\x1b'),
+        "no colour codes when stderr is not a terminal"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("INFO") && l.contains("job succeeded")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines().all(|l| l.contains("INFO")
+            || l.contains("WARN")
+            || l.contains("ERROR")
+            || l.contains("DEBUG")),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN));
+}
+
+/// `dev` starts every backend's dev command (string form from the project root; typed npm form
+/// with workdir and env-file), prefixes their output, reports a child that exits, and stops them
+/// all on SIGINT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_runs_and_stops_every_backend() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    std::fs::copy(fixture("openapi.yml"), root.join("openapi.yml")).unwrap();
+    std::fs::create_dir_all(root.join("services/beta")).unwrap();
+    std::fs::write(
+        root.join("services/beta/.env.dev"),
+        "# dev settings\n\nGREETING=\"hello from env-file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("services/beta/package.json"),
+        r#"{"name": "beta", "private": true, "scripts": {"dev": "sh ./serve.sh"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("services/beta/serve.sh"),
+        "echo \"ready beta $GREETING in $(basename \"$PWD\") db=$SPKY_DB_NS\"\necho $$ > ../../beta.pid\nexec sleep 600\n",
+    )
+    .unwrap();
+    let backend = |name: &str, table: &str, dev: &str| {
+        format!(
+            "  {name}:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:9\n    method:\n      type: outbox\n      table: {table}\n    dev:{dev}\n"
+        )
+    };
+    let config = format!(
+        "apps:\n{}{}{}",
+        backend(
+            "alpha",
+            "alpha_job",
+            " echo \"ready alpha in $(basename \"$PWD\")\"; echo $$ > alpha.pid; exec sleep 600"
+        ),
+        backend(
+            "beta",
+            "beta_job",
+            "\n      type: npm\n      script: dev\n      workdir: ./services/beta\n      env-file: ./services/beta/.env.dev"
+        ),
+        backend("gamma", "gamma_job", " echo 'gamma gives up'; exit 3"),
+    );
+    std::fs::write(root.join("sp00ky.yml"), config).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
+        .current_dir(root)
+        .env("NPM_CONFIG_UPDATE_NOTIFIER", "false")
+        .env_remove("SPKY_JOB_CONFIG")
+        .args([
+            "--db",
+            "mem://",
+            "--namespace",
+            "devtest",
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    wait_until(
+        "every dev command to report",
+        Duration::from_secs(60),
+        || async {
+            has("[backend.alpha.dev] ready alpha in")
+                && has("[backend.beta.dev] ready beta hello from env-file in beta db=devtest")
+                && has("[backend.gamma.dev] exited with exit status: 3")
+        },
+    )
+    .await;
+    let all = lines.lock().unwrap().clone();
+    assert!(
+        all.iter().all(|l| l.starts_with("[backend.")),
+        "every child line is prefixed: {all:?}"
+    );
+    assert!(
+        !all.iter().any(|l| l.contains('\x1b')),
+        "no colours when stdout is not a terminal"
+    );
+    let project_dir = root.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        has(&format!("ready alpha in {project_dir}")),
+        "string form runs from the project root: {all:?}"
+    );
+
+    let pid = |file: &str| -> i32 {
+        std::fs::read_to_string(root.join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (alpha, beta) = (pid("alpha.pid"), pid("beta.pid"));
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    assert!(alive(alpha) && alive(beta));
+
+    crate::processes::signal(child.id(), "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(30))
+        .await
+        .expect("dev mode exits on SIGINT");
+    assert!(status.success(), "{status}");
+    wait_until(
+        "the children to be gone",
+        Duration::from_secs(10),
+        || async { !alive(alpha) && !alive(beta) },
+    )
+    .await;
+}
+
+fn dockerfile() -> String {
+    std::fs::read_to_string(repo("docker/Dockerfile")).unwrap()
+}
+
+/// The release build command the README gives, and the one the image runs.
+fn readme_build_command() -> String {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo build --release"))
+        .expect("the README gives a release build command");
+    line.trim().to_string()
+}
+
+#[test]
+fn the_dockerfile_builds_with_the_readme_command_and_copies_what_exists() {
+    let text = dockerfile();
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        instructions
+            .iter()
+            .filter(|l| l.starts_with("FROM "))
+            .count()
+            >= 2,
+        "multi-stage"
+    );
+    assert!(
+        instructions.contains(&format!("RUN {}", readme_build_command()).as_str()),
+        "{text}"
+    );
+    for copy in instructions
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let parts: Vec<&str> = copy.split_whitespace().skip(1).collect();
+        for source in &parts[..parts.len() - 1] {
+            assert!(repo(source).exists(), "COPY source {source} does not exist");
+        }
+    }
+    let user = instructions
+        .iter()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER line");
+    assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
+    assert!(instructions.iter().any(|l| l.starts_with("HEALTHCHECK")
+        || l.starts_with("CMD [\"sp00ky-job-runner\", \"health\"]")));
+    assert!(text.contains("\"sp00ky-job-runner\", \"health\""));
+}
+
+#[test]
+fn the_compose_file_parses_and_everything_it_mounts_exists() {
+    let compose: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo("docker/docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let base = repo("docker");
+    let services = compose["services"].as_object().unwrap();
+    for name in ["surrealdb", "example-backend", "schema", "runner"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    for (name, service) in services {
+        if let Some(build) = service.get("build") {
+            let context = base.join(build["context"].as_str().unwrap());
+            assert!(
+                context
+                    .join(build["dockerfile"].as_str().unwrap())
+                    .is_file(),
+                "{name}: dockerfile"
+            );
+        }
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let host = volume.as_str().unwrap().split(':').next().unwrap();
+            if host.starts_with('.') {
+                assert!(
+                    base.join(host).exists(),
+                    "{name}: volume source {host} does not exist"
+                );
+            }
+        }
+        for env_file in service["env_file"].as_array().into_iter().flatten() {
+            let path = env_file["path"].as_str().unwrap();
+            assert!(
+                base.join(format!("{path}.example")).is_file(),
+                "{name}: {path}.example documents {path}"
+            );
+        }
+        for (dependency, condition) in service["depends_on"].as_object().into_iter().flatten() {
+            assert!(
+                services.contains_key(dependency),
+                "{name} depends on unknown {dependency}"
+            );
+            let condition = condition["condition"].as_str().unwrap();
+            assert!(["service_healthy", "service_completed_successfully"].contains(&condition));
+            if condition == "service_healthy" {
+                assert!(
+                    services[dependency].get("healthcheck").is_some(),
+                    "{dependency} needs a healthcheck"
+                );
+            }
+        }
+    }
+    let hosts = services["runner"]["extra_hosts"].as_array().unwrap();
+    assert!(hosts.contains(&json!("host.docker.internal:host-gateway")));
+    assert_eq!(services["runner"]["command"][1], "/etc/sp00ky/sp00ky.yml");
+    // The secrets come from the env file, not the compose file.
+    assert!(
+        !std::fs::read_to_string(repo("docker/docker-compose.yml"))
+            .unwrap()
+            .contains("change-me")
+    );
+}
+
+#[test]
+fn the_systemd_unit_has_what_a_production_service_needs() {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/sp00ky-job-runner.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "EnvironmentFile=/etc/sp00ky-job-runner/env",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "missing {line}");
+    }
+    assert!(repo("deploy/systemd/sp00ky-job-runner.env").is_file());
+}
