@@ -174,6 +174,12 @@ pub async fn main(cli: Cli, env: EnvLookup<'_>) -> Result<(), AppError> {
         Command::Enqueue(args) => enqueue(&cli.global, args, env).await,
         Command::Jobs(command) => jobs(&cli.global, command, env).await,
         Command::Health { listen } => health(listen, env).await,
+        Command::Bench(args) => {
+            let settings = db_settings(&cli.global, &config::FileDatabase::default(), env);
+            crate::bench::bench(args, settings.username, settings.password)
+                .await
+                .map_err(|e| AppError::Usage(format!("bench: {e}")))
+        }
     }
 }
 

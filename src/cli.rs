@@ -52,6 +52,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run jobs until stopped (the default).
     Run(RunArgs),
+    /// Measure the runner against SurrealDB's own limit (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
     /// Run jobs, and beside them every backend's `dev` command from sp00ky.yml.
     Dev(RunArgs),
     /// Load the config and specs, connect, inspect the tables, print what the runner would serve.

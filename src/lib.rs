@@ -18,11 +18,13 @@
 //! - [`runner`]: the loop, concurrency, leases and shutdown.
 //! - [`serve`]: health, metrics and the admin API over HTTP; [`admin`]: the operator actions
 //!   behind that API and the `jobs` commands; [`metrics`]: what `/metrics` shows.
+//! - [`bench`]: the benchmark command.
 //! - [`dev`]: `dev` mode, the runner plus each backend's dev command.
 //! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
 
 pub mod admin;
 pub mod app;
+pub mod bench;
 pub mod call;
 pub mod claim;
 pub mod cli;

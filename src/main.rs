@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sp00ky_job_runner::{app, cli::Cli, config, logging};
+use sp00ky_job_runner::cli::{self, Cli};
+use sp00ky_job_runner::{app, config, logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.global.log_format);
+    let quiet = matches!(cli.command, Some(cli::Command::Bench(_)));
+    logging::init(cli.global.log_format, quiet);
     match app::main(cli, &config::process_env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -192,6 +192,7 @@ impl Runner {
         let mut more_work = false;
         let mut next_backend = 0usize;
         let mut next_poll = tokio::time::Instant::now();
+        let claim_batch = (options.concurrency / 4).max(1);
         tokio::pin!(shutdown);
         loop {
             self.shared.status.tick();
@@ -201,8 +202,11 @@ impl Runner {
                 () = tokio::time::sleep_until(next_poll) => {}
                 () = wake.notified() => {}
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {
-                    // A slot freed up: look again at once only if the last look left work behind.
-                    if !more_work {
+                    // A slot freed up. Look again only if the last look left work behind, and only
+                    // once enough slots are free to make the round trip worth it (or nothing else
+                    // runs): claims then come in batches instead of one per finished job.
+                    let free = semaphore.available_permits();
+                    if !more_work || (free < claim_batch && !jobs.is_empty()) {
                         continue;
                     }
                 }

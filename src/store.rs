@@ -644,6 +644,54 @@ impl Store {
         Ok(id)
     }
 
+    /// Creates many pending jobs in one statement (the benchmark's and tests' bulk loader).
+    pub async fn enqueue_many(&self, table: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError> {
+        const STATEMENT: &str = "INSERT INTO ... (bulk)";
+        let table = Self::table(table)?;
+        let count = jobs.len();
+        let rows: Vec<serde_json::Value> = jobs
+            .into_iter()
+            .map(|job| {
+                serde_json::json!({
+                    "id": new_job_key(),
+                    "path": job.path,
+                    "payload": job.payload,
+                    "max_retries": job.max_retries,
+                    "retry_strategy": job.retry_strategy,
+                })
+            })
+            .collect();
+        let query = self
+            .db
+            .query(format!("INSERT INTO {table} $rows RETURN NONE"))
+            .bind(("rows", rows));
+        self.exec(STATEMENT, query).await?;
+        Ok(count)
+    }
+
+    /// Deletes finished (`success`) rows of `table`; the benchmark keeps its table small this way.
+    pub async fn delete_succeeded(&self, table: &str) -> Result<(), StoreError> {
+        const STATEMENT: &str = "DELETE ... WHERE status = 'success'";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "DELETE {table} WHERE status = 'success' RETURN NONE"
+        ));
+        self.exec(STATEMENT, query).await?;
+        Ok(())
+    }
+
+    /// How many rows of `table` are `success`.
+    pub async fn count_succeeded(&self, table: &str) -> Result<u64, StoreError> {
+        const STATEMENT: &str = "SELECT count() WHERE status = 'success'";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "SELECT count() AS n FROM {table} WHERE status = 'success' GROUP ALL"
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<serde_json::Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
+    }
+
     /// Reads one row as JSON (tests and the CLI).
     pub async fn get(&self, id: &RecordId) -> Result<Option<serde_json::Value>, StoreError> {
         const STATEMENT: &str = "SELECT * FROM ONLY $id";
