@@ -45,6 +45,11 @@ pub struct EnqueueRequest {
     pub retry_strategy: Option<String>,
     pub assigned_to: Option<String>,
     pub timeout: Option<u32>,
+    /// Milliseconds before the first attempt.
+    pub delay_ms: Option<u64>,
+    /// RFC 3339 time before which the job does not run; exclusive with `delay_ms`.
+    pub run_at: Option<String>,
+    pub priority: Option<i64>,
 }
 
 /// `GET /v1/jobs` parameters.
@@ -122,6 +127,24 @@ impl Admin {
                 })
             })
             .transpose()?;
+        if request.delay_ms.is_some() && request.run_at.is_some() {
+            return Err(AdminError::BadRequest(
+                "give delay_ms or run_at, not both".into(),
+            ));
+        }
+        let run_at = request
+            .run_at
+            .as_deref()
+            .map(|text| {
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| {
+                        AdminError::BadRequest(format!(
+                            "run_at {text:?} is not an RFC 3339 time: {e}"
+                        ))
+                    })
+            })
+            .transpose()?;
         let id = self
             .store
             .enqueue(
@@ -133,6 +156,9 @@ impl Admin {
                     retry_strategy,
                     timeout: request.timeout,
                     assigned_to,
+                    delay_ms: request.delay_ms.unwrap_or(0),
+                    run_at,
+                    priority: request.priority.unwrap_or(0),
                 },
             )
             .await?;

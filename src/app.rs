@@ -131,14 +131,15 @@ pub async fn inspect_table(store: &Store, table: &str) -> Result<TableState, App
     if !info.exists {
         return Ok(TableState::Missing);
     }
-    // `due_at` must be defined even on a schemaless table: its DEFAULT is what puts a row written
-    // by a Sp00ky client into the claim query.
-    let missing: Vec<&str> = store::RUNNER_FIELDS
-        .iter()
-        .copied()
-        .filter(|field| !info.fields.contains_key(*field))
-        .filter(|field| info.schemafull || *field == "due_at")
-        .collect();
+    // `due_at` and `priority` must be defined even on a schemaless table: their DEFAULTs are what
+    // put a row written by a Sp00ky client into the claim query.
+    let mut missing: Vec<&str> = Vec::new();
+    for field in store::RUNNER_FIELDS.iter().chain(&store::QUEUE_FIELDS) {
+        let needed = info.schemafull || store::QUEUE_FIELDS.contains(field);
+        if needed && !info.fields.contains_key(*field) && !missing.contains(field) {
+            missing.push(field);
+        }
+    }
     if !missing.is_empty() {
         return Err(AppError::Schema(format!(
             "table `{table}` lacks fields the runner writes: {}. Apply these definitions (or run `sp00ky-job-runner schema --table {table} --apply`):\n\n{}\n",
@@ -448,6 +449,9 @@ pub async fn enqueue(
             retry_strategy: Some(args.retry_strategy),
             assigned_to: args.assigned_to,
             timeout: args.timeout,
+            delay_ms: args.delay.map(|d| d.as_millis() as u64),
+            run_at: args.run_at,
+            priority: args.priority,
         })
         .await?;
     println!("{}", id.to_sql());

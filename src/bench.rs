@@ -321,6 +321,9 @@ fn jobs(count: usize, payload: impl Fn(usize) -> String) -> Vec<NewJob> {
             retry_strategy: "linear".into(),
             timeout: None,
             assigned_to: None,
+            delay_ms: 0,
+            run_at: None,
+            priority: 0,
         })
         .collect()
 }

@@ -173,6 +173,15 @@ pub struct EnqueueArgs {
     /// Per-job timeout in seconds (honoured when the backend allows it).
     #[arg(long)]
     pub timeout: Option<u32>,
+    /// Wait this long before the first attempt (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    pub delay: Option<Duration>,
+    /// Run no earlier than this RFC 3339 time (e.g. 2026-12-24T18:00:00Z).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Higher runs first among due jobs of the table (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
 }
 
 /// `500ms`, `15s`, `5m`, `1h`; a bare number is seconds.

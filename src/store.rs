@@ -25,6 +25,10 @@ use crate::failure::Failure;
 /// The shipped schema, written for a table named `job`.
 pub const SCHEMA: &str = include_str!("../schema/job.surql");
 
+/// Fields the claim query reads on every table, SCHEMAFULL or not: their defaults are what put a
+/// row written by a Sp00ky client into the queue.
+pub const QUEUE_FIELDS: [&str; 2] = ["due_at", "priority"];
+
 /// Fields the runner writes: a SCHEMAFULL table without them cannot store its results.
 pub const RUNNER_FIELDS: [&str; 7] = [
     "status",
@@ -373,18 +377,20 @@ impl Store {
     /// Rows written before the table had a `due_at` default (or by Sp00ky's reference runner,
     /// which leaves crashed jobs `processing` forever) get one, so the claim query sees them.
     pub async fn backfill_due(&self, table: &str) -> Result<usize, StoreError> {
-        const STATEMENT: &str = "UPDATE ... SET due_at WHERE due_at = NONE";
+        const STATEMENT: &str = "UPDATE ... SET due_at, priority WHERE either is NONE";
         let table = Self::table(table)?;
         let query = self.db.query(format!(
-            "UPDATE {table} SET due_at = created_at ?? time::now() \
-                 WHERE due_at = NONE AND status IN ['pending', 'processing'] RETURN id"
+            "UPDATE {table} SET due_at = due_at ?? created_at ?? time::now(), priority = priority ?? 0 \
+                 WHERE (due_at = NONE OR priority = NONE) AND status IN ['pending', 'processing'] RETURN id"
         ));
         let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(rows.len())
     }
 
-    /// Due rows, oldest first: pending ones and processing ones whose lease has run out.
+    /// Due rows: pending ones by priority (higher first), then oldest first; then processing ones
+    /// whose lease has run out. Non-zero priorities are expected to be the minority: those rows
+    /// are sorted after an index range, the priority-0 rows come straight off the index in order.
     pub async fn due_candidates(
         &self,
         table: &str,
@@ -397,7 +403,13 @@ impl Store {
             .db
             .query(format!(
                 "SELECT id, status, lease_token, due_at FROM {table} \
-                   WHERE status = 'pending' AND due_at <= $now ORDER BY due_at LIMIT $limit; \
+                   WHERE status = 'pending' AND priority > 0 AND due_at <= $now \
+                   ORDER BY priority DESC, due_at LIMIT $limit; \
+                 SELECT id, status, lease_token, due_at FROM {table} \
+                   WHERE status = 'pending' AND priority = 0 AND due_at <= $now ORDER BY due_at LIMIT $limit; \
+                 SELECT id, status, lease_token, due_at FROM {table} \
+                   WHERE status = 'pending' AND priority < 0 AND due_at <= $now \
+                   ORDER BY priority DESC, due_at LIMIT $limit; \
                  SELECT id, status, lease_token, due_at FROM {table} \
                    WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
             ))
@@ -405,7 +417,7 @@ impl Store {
             .bind(("limit", limit as i64));
         let mut response = self.exec(STATEMENT, query).await?;
         let mut candidates = Vec::new();
-        for index in 0..2 {
+        for index in 0..4 {
             let rows: Vec<Value> = response.take(index).map_err(query_err(STATEMENT))?;
             for row in rows {
                 let (id, fields) = split_row(row, STATEMENT)?;
@@ -625,7 +637,9 @@ impl Store {
             .db
             .query(
                 "CREATE ONLY $id SET path = $path, payload = $payload, max_retries = $max_retries, \
-                   retry_strategy = $retry_strategy, timeout = $timeout, assigned_to = $assigned_to \
+                   retry_strategy = $retry_strategy, timeout = $timeout, assigned_to = $assigned_to, \
+                   delay = $delay, priority = $priority, \
+                   due_at = $run_at ?? (time::now() + duration::from_millis($delay)) \
                  RETURN id",
             )
             .bind(("id", id.clone()))
@@ -634,7 +648,10 @@ impl Store {
             .bind(("max_retries", i64::from(job.max_retries)))
             .bind(("retry_strategy", job.retry_strategy))
             .bind(("timeout", job.timeout.map(i64::from)))
-            .bind(("assigned_to", job.assigned_to));
+            .bind(("assigned_to", job.assigned_to))
+            .bind(("delay", job.delay_ms as i64))
+            .bind(("priority", job.priority))
+            .bind(("run_at", job.run_at));
         let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         row.ok_or(StoreError::Shape {
@@ -658,6 +675,7 @@ impl Store {
                     "payload": job.payload,
                     "max_retries": job.max_retries,
                     "retry_strategy": job.retry_strategy,
+                    "priority": job.priority,
                 })
             })
             .collect();
@@ -817,6 +835,11 @@ pub struct NewJob {
     pub retry_strategy: String,
     pub timeout: Option<u32>,
     pub assigned_to: Option<RecordId>,
+    /// Milliseconds before the job first runs.
+    pub delay_ms: u64,
+    /// An absolute first run time; wins over `delay_ms`.
+    pub run_at: Option<DateTime<Utc>>,
+    pub priority: i64,
 }
 
 /// `job:<32 hex chars>`, like the Sp00ky client.
@@ -896,7 +919,8 @@ pub fn definitions_for(table: &str, fields: &[&str]) -> String {
                 || statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field}.*."))
         };
         if fields.iter().any(|f| defines(f))
-            || (statement.starts_with("DEFINE INDEX") && fields.contains(&"due_at"))
+            || (statement.starts_with("DEFINE INDEX")
+                && QUEUE_FIELDS.iter().any(|f| fields.contains(f)))
         {
             out.push(format!("{statement};"));
         }
@@ -935,7 +959,7 @@ mod tests {
         let schema = schema_for("spooky_jobs");
         assert!(schema.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"));
         assert!(schema.contains(
-            "DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, due_at"
+            "DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, priority, due_at"
         ));
         assert!(!schema.contains(" job "));
         assert!(!schema.contains("--"));

@@ -383,7 +383,7 @@ async fn unreadable_rows_fail_and_do_not_stall_the_others() {
     let backend = TestBackend::ok().await;
     // A schemaless table accepts any junk a client writes; it only needs the runner's due_at.
     store
-        .raw("DEFINE TABLE loose SCHEMALESS; DEFINE FIELD due_at ON loose TYPE datetime DEFAULT time::now(); DEFINE INDEX loose_due ON loose FIELDS status, due_at;")
+        .raw("DEFINE TABLE loose SCHEMALESS; DEFINE FIELD due_at ON loose TYPE datetime DEFAULT time::now(); DEFINE FIELD priority ON loose TYPE int DEFAULT 0; DEFINE INDEX loose_due ON loose FIELDS status, priority, due_at;")
         .await
         .unwrap();
     let bad_rows = [

@@ -9,5 +9,6 @@ mod helpers;
 mod jobs;
 mod ops;
 mod processes;
+mod scheduling;
 mod schema;
 mod security;

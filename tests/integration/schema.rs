@@ -34,14 +34,15 @@ async fn a_schemafull_table_without_runner_fields_is_refused_with_the_fix() {
         panic!("{err}")
     };
     assert!(
-        message.contains("lacks fields the runner writes: due_at, assignee, lease_token"),
+        message.contains("lacks fields the runner writes: due_at, assignee, lease_token, priority"),
         "{message}"
     );
     for statement in [
         "DEFINE FIELD IF NOT EXISTS due_at ON job TYPE datetime",
         "DEFINE FIELD IF NOT EXISTS assignee ON job",
         "DEFINE FIELD IF NOT EXISTS lease_token ON job",
-        "DEFINE INDEX IF NOT EXISTS job_due ON job FIELDS status, due_at",
+        "DEFINE FIELD IF NOT EXISTS priority ON job TYPE int DEFAULT 0",
+        "DEFINE INDEX IF NOT EXISTS job_due ON job FIELDS status, priority, due_at",
     ] {
         assert!(
             message.contains(statement),
@@ -77,7 +78,7 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
     store.apply_schema("job").await.unwrap();
     store.apply_schema("job").await.unwrap();
     let plan = store
-        .raw("SELECT id FROM job WHERE status = 'pending' AND due_at <= time::now() ORDER BY due_at LIMIT 10 EXPLAIN")
+        .raw("SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10 EXPLAIN")
         .await
         .unwrap();
     let plan = serde_json::to_string(&plan).unwrap();
