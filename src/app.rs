@@ -109,6 +109,16 @@ pub fn load_backends(
                 Routes::Unchecked
             }
         };
+        // A bad schedule fails now, not at 3 a.m.
+        for schedule in &backend.schedules {
+            routes
+                .prepare(&backend.base_url, &schedule.path, schedule.payload.clone())
+                .map_err(|failure| ConfigError {
+                    origin: config.origin.clone(),
+                    key: format!("{}.payload", schedule.key),
+                    message: failure.reason,
+                })?;
+        }
         runtimes.push(BackendRuntime {
             backend: backend.clone(),
             routes,
@@ -250,12 +260,24 @@ pub async fn run(
         source,
     })?;
 
+    let planned: Vec<crate::scheduler::Planned> = backends
+        .iter()
+        .flat_map(|b| {
+            b.backend
+                .schedules
+                .iter()
+                .map(|schedule| crate::scheduler::Planned {
+                    table: b.backend.table.clone(),
+                    schedule: schedule.clone(),
+                })
+        })
+        .collect();
     let runner = Runner::new(store.clone(), backends, options);
     let status = runner.status();
     let ops = OpsState {
         store: store.clone(),
         status: status.clone(),
-        admin: Admin::new(store, runner.backends()),
+        admin: Admin::new(store.clone(), runner.backends()),
         admin_token: admin_token.map(Arc::new),
     };
     if ops.admin_token.is_none() {
@@ -268,6 +290,13 @@ pub async fn run(
     let server = tokio::spawn(crate::serve::serve(listener, ops, stopped(stop_rx.clone())));
     tracing::info!(listen = %local, "health, metrics and admin API listening");
     tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
+    if !planned.is_empty() {
+        tokio::spawn(crate::scheduler::run(
+            store.clone(),
+            planned,
+            stopped(stop_rx.clone()),
+        ));
+    }
     let running = runner.run(stopped(stop_rx));
     tokio::pin!(running);
     tokio::select! {
@@ -378,6 +407,22 @@ pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppErr
         );
         for route in runtime.routes.describe() {
             println!("  route:   {route}");
+        }
+        for schedule in &backend.schedules {
+            let next: Vec<String> = schedule
+                .upcoming(chrono::Utc::now(), 3)
+                .iter()
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .collect();
+            let next = if next.is_empty() {
+                "at each runner start".to_string()
+            } else {
+                next.join(", ")
+            };
+            println!(
+                "  schedule: {} `{}` {} -> next: {next}",
+                schedule.name, schedule.expression, schedule.path
+            );
         }
     }
     Ok(())

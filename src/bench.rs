@@ -401,6 +401,7 @@ fn runner(store: &Store, table: &str, backend: &BenchBackend, concurrency: usize
             timeout_overridable: false,
             retry: RetryPolicy::default(),
             dev: None,
+            schedules: Vec::new(),
         },
         routes: Routes::Unchecked,
     };

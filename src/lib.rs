@@ -18,6 +18,7 @@
 //! - [`runner`]: the loop, concurrency, leases and shutdown.
 //! - [`serve`]: health, metrics and the admin API over HTTP; [`admin`]: the operator actions
 //!   behind that API and the `jobs` commands; [`metrics`]: what `/metrics` shows.
+//! - [`schedule`]: recurring jobs and when they fire; [`scheduler`]: creating their rows.
 //! - [`bench`]: the benchmark command.
 //! - [`dev`]: `dev` mode, the runner plus each backend's dev command.
 //! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
@@ -36,6 +37,8 @@ pub mod metrics;
 pub mod record;
 pub mod retry;
 pub mod runner;
+pub mod schedule;
+pub mod scheduler;
 pub mod serve;
 pub mod store;
 pub mod validate;

@@ -630,9 +630,26 @@ impl Store {
 
     /// Creates a pending job the way `db.run` does; returns its id.
     pub async fn enqueue(&self, table: &str, job: NewJob) -> Result<RecordId, StoreError> {
+        let key = new_job_key();
+        self.create_job(table, &key, job)
+            .await?
+            .ok_or(StoreError::Shape {
+                statement: "CREATE ONLY job",
+                detail: format!("a job with the new random key {key} already exists"),
+            })
+    }
+
+    /// Creates a job under `key`; `None` when a row with that id already exists (a schedule's
+    /// tick that another runner created first).
+    pub async fn create_job(
+        &self,
+        table: &str,
+        key: &str,
+        job: NewJob,
+    ) -> Result<Option<RecordId>, StoreError> {
         const STATEMENT: &str = "CREATE ONLY job";
         let table = Self::table(table)?;
-        let id = RecordId::new(table, new_job_key());
+        let id = RecordId::new(table, key.to_string());
         let query = self
             .db
             .query(
@@ -652,13 +669,59 @@ impl Store {
             .bind(("delay", job.delay_ms as i64))
             .bind(("priority", job.priority))
             .bind(("run_at", job.run_at));
+        match self.exec(STATEMENT, query).await {
+            Ok(mut response) => {
+                let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+                Ok(row.map(|_| id))
+            }
+            Err(StoreError::Query { source, .. })
+                if source.to_string().contains("already exists") =>
+            {
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The last tick a schedule produced (`sp00ky_schedule`, the runner's own table).
+    pub async fn schedule_last_tick(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        const STATEMENT: &str = "SELECT last_tick FROM sp00ky_schedule";
+        let query = self
+            .db
+            .query(
+                "DEFINE TABLE IF NOT EXISTS sp00ky_schedule SCHEMALESS PERMISSIONS NONE; \
+                 SELECT VALUE last_tick FROM ONLY type::record('sp00ky_schedule', $key);",
+            )
+            .bind(("key", schedule.to_string()));
         let mut response = self.exec(STATEMENT, query).await?;
-        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
-        row.ok_or(StoreError::Shape {
-            statement: STATEMENT,
-            detail: "no row was created".into(),
-        })?;
-        Ok(id)
+        let value: Option<Value> = response.take(1).map_err(query_err(STATEMENT))?;
+        Ok(match value {
+            Some(Value::Datetime(at)) => Some(at.into_inner()),
+            _ => None,
+        })
+    }
+
+    /// Moves a schedule's last tick forward (never back, whichever runner writes last).
+    pub async fn record_schedule_tick(
+        &self,
+        schedule: &str,
+        tick: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        const STATEMENT: &str = "UPSERT sp00ky_schedule";
+        let query = self
+            .db
+            .query(
+                "UPSERT type::record('sp00ky_schedule', $key) \
+                 SET last_tick = IF last_tick = NONE OR last_tick < $tick THEN $tick ELSE last_tick END \
+                 RETURN NONE",
+            )
+            .bind(("key", schedule.to_string()))
+            .bind(("tick", tick));
+        self.exec(STATEMENT, query).await?;
+        Ok(())
     }
 
     /// Creates many pending jobs in one statement (the benchmark's and tests' bulk loader).

@@ -167,3 +167,31 @@ fn schema_prints_the_table_definition() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_lists_each_schedule_with_its_next_fire_times() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    std::fs::write(
+        dir.path().join("sp00ky.yml"),
+        "backends:\n  api:\n    baseUrl: http://127.0.0.1:9\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n    schedules:\n      - name: nightly\n        schedule: '0 3 * * *'\n        path: /spookify\n        payload: {id: all}\n",
+    )
+    .unwrap();
+    let output = runner()
+        .current_dir(dir.path())
+        .args(["--db", "mem://", "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("schedule: nightly"))
+        .expect("the schedule is listed");
+    assert!(line.contains("`0 3 * * *` /spookify -> next:"), "{line}");
+    assert_eq!(line.matches("03:00:00 UTC").count(), 3, "{line}");
+}

@@ -173,3 +173,185 @@ async fn priorities_order_due_jobs() {
         .collect();
     assert_eq!(plain[..3], ["plain-1", "plain-2", "plain-3"]);
 }
+
+fn schedule(name: &str, expression: &str, missed: &str) -> sp00ky_job_runner::scheduler::Planned {
+    let yaml = format!(
+        "backends:\n  api:\n    baseUrl: http://127.0.0.1:9\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n    schedules:\n      - name: {name}\n        schedule: \"{expression}\"\n        path: /spookify\n        payload: {{id: tick}}\n        missed: {missed}\n"
+    );
+    let config = sp00ky_job_runner::config::from_yaml(
+        &yaml,
+        sp00ky_job_runner::config::Origin::File("s.yml".into()),
+        &fixture(""),
+        &|_| None,
+        sp00ky_job_runner::retry::RetryPolicy::default(),
+    )
+    .unwrap();
+    sp00ky_job_runner::scheduler::Planned {
+        table: "job".into(),
+        schedule: config.backends[0].schedules[0].clone(),
+    }
+}
+
+async fn tick_rows(store: &sp00ky_job_runner::store::Store, name: &str) -> Vec<i64> {
+    let rows = store
+        .raw("SELECT VALUE record::id(id) FROM job")
+        .await
+        .unwrap();
+    let prefix = format!("sched_{name}_");
+    let mut ticks: Vec<i64> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|key| key.as_str()?.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    ticks.sort();
+    ticks
+}
+
+/// Three runners' schedulers over several ticks of a per-second schedule: one row per tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runners_create_exactly_one_row_per_tick() {
+    let store = mem_store().await;
+    store.apply_schema("job").await.unwrap();
+    let plan = schedule("every_second", "* * * * * *", "run-once");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(sp00ky_job_runner::scheduler::run(
+            store.clone(),
+            vec![plan.clone()],
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    wait_until("four ticks", Duration::from_secs(20), || async {
+        tick_rows(&store, "every_second").await.len() >= 4
+    })
+    .await;
+    stop.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ticks = tick_rows(&store, "every_second").await;
+    let total = store
+        .raw("SELECT count() AS n FROM job GROUP ALL")
+        .await
+        .unwrap()[0][0]["n"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(total as usize, ticks.len(), "only tick rows exist");
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            1,
+            "one row per second, no gap and no duplicate: {ticks:?}"
+        );
+    }
+    let first = row(
+        &store,
+        &surrealdb::types::RecordId::new("job", format!("sched_every_second_{}", ticks[0])),
+    )
+    .await;
+    assert_eq!(first["payload"], "{\"id\":\"tick\"}");
+    assert_eq!(first["status"], "pending");
+}
+
+/// After downtime the most recent missed tick runs once (not once per missed tick), or is skipped.
+#[tokio::test]
+async fn missed_ticks_run_once_or_are_skipped() {
+    for (missed, expected_rows) in [("run-once", 1usize), ("skip", 0)] {
+        let store = mem_store().await;
+        store.apply_schema("job").await.unwrap();
+        let name = format!("minutely_{}", missed.replace('-', "_"));
+        let plan = schedule(&name, "rate(1 minutes)", missed);
+        // The last tick this schedule produced was ten minutes ago: nine ticks were missed.
+        let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
+        store
+            .record_schedule_tick(&format!("job:{name}"), ten_minutes_ago)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sp00ky_job_runner::scheduler::run(
+            store.clone(),
+            vec![plan],
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let state_moved = || async {
+            store
+                .schedule_last_tick(&format!("job:{name}"))
+                .await
+                .unwrap()
+                > Some(ten_minutes_ago)
+        };
+        wait_until(
+            "the missed ticks to be handled",
+            Duration::from_secs(10),
+            state_moved,
+        )
+        .await;
+        let _ = stop.send(());
+        task.await.unwrap();
+        let ticks = tick_rows(&store, &name).await;
+        assert_eq!(ticks.len(), expected_rows, "{missed}: {ticks:?}");
+        if let Some(tick) = ticks.first() {
+            let now = chrono::Utc::now().timestamp();
+            assert_eq!(tick % 60, 0);
+            assert!(
+                now - tick < 60,
+                "the most recent missed tick, not an old one"
+            );
+        }
+    }
+}
+
+/// A bad schedule fails when the configuration loads, naming the key.
+#[test]
+fn invalid_schedules_fail_at_load() {
+    let load = |entry: &str| {
+        let yaml = format!(
+            "backends:\n  api:\n    baseUrl: http://127.0.0.1:9\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n    schedules:\n      - {entry}\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+        std::fs::write(dir.path().join("sp00ky.yml"), yaml).unwrap();
+        let global = sp00ky_job_runner::cli::GlobalArgs {
+            config: dir.path().join("sp00ky.yml"),
+            db: None,
+            namespace: None,
+            database: None,
+            user: None,
+            pass: None,
+            log_format: sp00ky_job_runner::cli::LogFormat::Text,
+        };
+        sp00ky_job_runner::app::load_backends(&global, Default::default(), &|_| None)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let cron =
+        load("{name: bad, schedule: '61 * * * *', path: /spookify, payload: {id: x}}").unwrap();
+    assert!(
+        cron.contains("backends.api.schedules[0].schedule: \"61 * * * *\" is not a valid schedule"),
+        "{cron}"
+    );
+    let payload =
+        load("{name: bad, schedule: '@daily', path: /spookify, payload: {count: 1}}").unwrap();
+    assert!(
+        payload.contains("backends.api.schedules[0].payload: payload does not match"),
+        "{payload}"
+    );
+    let route = load("{name: bad, schedule: '@daily', path: /nowhere, payload: {}}").unwrap();
+    assert!(
+        route.contains("backends.api.schedules[0].payload: path \"/nowhere\" is not a route"),
+        "{route}"
+    );
+    let zone = load("{name: bad, schedule: '0 9 * * *', timezone: Mars/Olympus, path: /spookify, payload: {id: x}}").unwrap();
+    assert!(zone.contains("IANA"), "{zone}");
+    assert!(
+        load("{name: good, schedule: 'rate(5 minutes)', path: /spookify, payload: {id: x}}")
+            .is_none()
+    );
+}
