@@ -307,40 +307,60 @@ impl Runner {
     }
 }
 
-/// Keeps a LIVE SELECT open on `table` and turns each notification into a wake-up. Re-arms the
-/// query with a capped backoff whenever it ends or cannot be started, and after every reconnect
-/// (a restarted server has forgotten it, and the client does not replay live queries).
+/// How often a live query is re-armed even when nothing looks wrong: a server that restarted or
+/// dropped the connection has forgotten it, and the client does not replay live queries, so this
+/// bounds how long the runner can depend on polling alone.
+const LIVE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps a LIVE SELECT open on `table`, on a connection of its own, and turns each notification
+/// into a wake-up. Re-arms it when it ends, after every reconnect of the main connection, and
+/// every [`LIVE_REFRESH`]; with a capped backoff while it cannot be started.
 async fn watch_table(store: Store, table: String, wake: Arc<Notify>, status: Arc<RunnerStatus>) {
     use futures::StreamExt;
     let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
     loop {
-        match store.watch_pending(&table).await {
-            Ok(mut stream) => {
-                pause = Duration::from_millis(200);
-                status.live_armed.fetch_add(1, Ordering::SeqCst);
-                // Anything may have changed while the query was down.
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        item = stream.next() => match item {
-                            Some(()) => wake.notify_one(),
-                            None => break,
-                        },
-                        changed = reconnects.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            tracing::info!(%table, "re-arming the live query after a reconnect");
-                            break;
-                        }
-                    }
-                }
-                status.live_armed.fetch_sub(1, Ordering::SeqCst);
-            }
+        let connection = match store.watch_connection().await {
+            Ok(connection) => connection,
             Err(e) => {
-                tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
+                tracing::warn!(%table, error = %e, "no connection for live queries; polling only until there is one");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+                continue;
             }
+        };
+        loop {
+            let mut stream = match connection.watch_pending(&table).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
+                    break;
+                }
+            };
+            pause = Duration::from_millis(200);
+            status.live_armed.fetch_add(1, Ordering::SeqCst);
+            // Anything may have changed while the query was down.
+            wake.notify_one();
+            let refresh = tokio::time::sleep(LIVE_REFRESH);
+            tokio::pin!(refresh);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(()) => wake.notify_one(),
+                        None => break,
+                    },
+                    changed = reconnects.changed() => {
+                        if changed.is_err() {
+                            status.live_armed.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                        tracing::info!(%table, "re-arming the live query after a reconnect");
+                        break;
+                    }
+                    () = &mut refresh => break,
+                }
+            }
+            status.live_armed.fetch_sub(1, Ordering::SeqCst);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));

@@ -283,6 +283,17 @@ impl Store {
         }
     }
 
+    /// A connection for live queries. On a server it is a connection of its own: a server closes
+    /// a WebSocket whose notification queue overflows (a bulk insert of many jobs does that), and
+    /// that must never take the claims and write-backs down with it. An embedded store is shared.
+    pub async fn watch_connection(&self) -> Result<Store, StoreError> {
+        if self.settings.is_embedded() {
+            Ok(self.clone())
+        } else {
+            Store::connect(self.settings.clone()).await
+        }
+    }
+
     /// Connection state shared by every clone of this store.
     pub fn health(&self) -> &Health {
         &self.health
