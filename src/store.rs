@@ -765,11 +765,17 @@ impl Store {
     pub async fn delete_succeeded(&self, table: &str) -> Result<(), StoreError> {
         const STATEMENT: &str = "DELETE ... WHERE status = 'success'";
         let table = Self::table(table)?;
-        let query = self.db.query(format!(
-            "DELETE {table} WHERE status = 'success' RETURN NONE"
-        ));
-        self.exec(STATEMENT, query).await?;
-        Ok(())
+        // In slices: one statement deleting tens of thousands of rows outlasts the statement bound.
+        loop {
+            let query = self.db.query(format!(
+                "DELETE (SELECT VALUE id FROM {table} WHERE status = 'success' LIMIT 2000) RETURN BEFORE"
+            ));
+            let mut response = self.exec(STATEMENT, query).await?;
+            let deleted: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+            if deleted.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// How many rows of `table` are `success`.

@@ -451,3 +451,35 @@ async fn a_paused_runner_cannot_overwrite_the_new_owner() {
     );
     drop(rescuer);
 }
+
+/// Regression: a server closes a WebSocket whose live-query notifications pile up (a bulk insert
+/// of many jobs does that). Live queries therefore have a connection of their own, and a burst
+/// must not cost the claims and write-backs their connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_notifications_does_not_drop_the_main_connection() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const JOBS: usize = 1500;
+    let server = Server::start().await;
+    let store = server.store().await;
+    store.apply_schema("job").await.unwrap();
+    let backend = TestBackend::ok().await;
+    let project = project(&backend.url, 200, 5_000);
+    let runner = RunnerProcess::start(&server, project.path(), &["--concurrency", "32"]).await;
+    // Batches of 250 rows: far more notifications at once than the server queues (100).
+    let ids = insert_jobs(&store, JOBS, 3, "linear").await;
+    wait_until("all jobs to succeed", Duration::from_secs(120), || async {
+        count_status(&store, "job", "success").await == JOBS
+    })
+    .await;
+    let (lost, duplicated) = lost_and_duplicated(&store, &ids, &backend).await;
+    let logs = runner.logs();
+    report(
+        "burst",
+        &format!(
+            "jobs={JOBS} lost={lost} duplicated={duplicated} main_connection_lost={}",
+            logs.matches("lost the database connection").count()
+        ),
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert!(!logs.contains("lost the database connection"), "{logs}");
+}
