@@ -15,7 +15,6 @@
 //!    rows are deleted between batches, so a growing store does not hide a growing runner).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -633,7 +632,6 @@ struct BenchBackend {
 struct BackendState {
     delay: Duration,
     latencies: Arc<Mutex<Vec<f64>>>,
-    received: Arc<AtomicUsize>,
 }
 
 impl BenchBackend {
@@ -642,7 +640,6 @@ impl BenchBackend {
         let state = BackendState {
             delay,
             latencies: latencies.clone(),
-            received: Arc::new(AtomicUsize::new(0)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -657,7 +654,6 @@ impl BenchBackend {
 }
 
 async fn receive(State(state): State<BackendState>, body: Bytes) -> &'static str {
-    state.received.fetch_add(1, Ordering::Relaxed);
     if let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body)
         && let Some(sent) = payload.get("t").and_then(serde_json::Value::as_u64)
     {
