@@ -62,6 +62,13 @@ impl Job {
     }
 }
 
+/// Due rows seen by [`Claimer::find`], not yet taken.
+#[derive(Debug)]
+pub struct Found {
+    now: DateTime<Utc>,
+    candidates: Vec<Candidate>,
+}
+
 /// Who claims, and for how long.
 #[derive(Debug, Clone)]
 pub struct Claimer {
@@ -81,11 +88,39 @@ impl Claimer {
         table: &str,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        if limit == 0 {
+        let found = self.find(store, table, limit).await?;
+        self.take(store, found, limit).await
+    }
+
+    /// The read-only half of a claim: which rows are due. Nothing is written, so a caller may
+    /// abandon it at any point (a shutdown does, to exit at once while idle).
+    pub async fn find(
+        &self,
+        store: &Store,
+        table: &str,
+        limit: usize,
+    ) -> Result<Found, StoreError> {
+        let now = Utc::now();
+        let candidates = if limit == 0 {
+            Vec::new()
+        } else {
+            store.due_candidates(table, now, limit).await?
+        };
+        Ok(Found { now, candidates })
+    }
+
+    /// The writing half of a claim: takes what [`Claimer::find`] saw, as compare-and-set
+    /// updates. Once started it must be awaited, or rows may stay held by a lease nobody runs.
+    pub async fn take(
+        &self,
+        store: &Store,
+        found: Found,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let Found { now, candidates } = found;
+        if limit == 0 || candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
-        let candidates = store.due_candidates(table, now, limit).await?;
         let (expired, pending): (Vec<Candidate>, Vec<Candidate>) = candidates
             .into_iter()
             .partition(|c| c.status == "processing");

@@ -217,9 +217,17 @@ impl Runner {
                 next_poll = tokio::time::Instant::now() + options.poll_interval;
                 continue;
             }
-            more_work = self
-                .claim_round(&semaphore, &mut jobs, &mut next_backend, &cancel_rx)
+            let round = self
+                .claim_round(
+                    &semaphore,
+                    &mut jobs,
+                    &mut next_backend,
+                    &cancel_rx,
+                    shutdown.as_mut(),
+                )
                 .await;
+            let Some(more) = round else { break };
+            more_work = more;
             let again_now = more_work && semaphore.available_permits() > 0;
             next_poll = tokio::time::Instant::now()
                 + if again_now {
@@ -254,28 +262,37 @@ impl Runner {
     }
 
     /// Claims for every backend while there is room. Returns whether any backend had more due
-    /// work than there was room for.
-    async fn claim_round(
+    /// work than there was room for, or `None` when `shutdown` completed while looking: the
+    /// read-only look is abandoned then, so an idle runner exits without waiting on the
+    /// database; a claim that started writing is always seen through.
+    async fn claim_round<F: std::future::Future<Output = ()>>(
         &self,
         semaphore: &Arc<Semaphore>,
         jobs: &mut JoinSet<()>,
         next_backend: &mut usize,
         cancel: &watch::Receiver<bool>,
-    ) -> bool {
+        mut shutdown: std::pin::Pin<&mut F>,
+    ) -> Option<bool> {
         let mut more = false;
         let count = self.backends.len();
         for offset in 0..count {
             let room = semaphore.available_permits();
             if room == 0 {
-                return true;
+                return Some(true);
             }
             // Start with a different backend each round so one busy table cannot starve another.
             let backend = &self.backends[(*next_backend + offset) % count];
-            match self
-                .claimer
-                .claim(&self.shared.store, &backend.backend.table, room)
-                .await
-            {
+            let store = &self.shared.store;
+            let found = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return None,
+                found = self.claimer.find(store, &backend.backend.table, room) => found,
+            };
+            let claimed = match found {
+                Ok(found) => self.claimer.take(store, found, room).await,
+                Err(e) => Err(e),
+            };
+            match claimed {
                 Ok(claimed) => {
                     more |= claimed.len() == room;
                     for job in claimed {
@@ -303,7 +320,7 @@ impl Runner {
             }
         }
         *next_backend = (*next_backend + 1) % count.max(1);
-        more
+        Some(more)
     }
 }
 

@@ -349,7 +349,8 @@ async fn sigterm_under_load_drains_cleanly() {
     assert!(idle_status.success());
     assert!(
         idle_exit < Duration::from_secs(1),
-        "idle exit took {idle_exit:?}"
+        "idle exit took {idle_exit:?}:\n{}",
+        idle.logs()
     );
     drop(second);
 }
