@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::claim::Claimer;
 use crate::config::Backend;
+use crate::record::{SuccessWriter, Written};
 use crate::retry::RetryPolicy;
 use crate::runner::{BackendRuntime, Runner, RunnerOptions};
 use crate::store::{DbSettings, NewJob, Store, StoreError, WriteBack};
@@ -337,7 +338,8 @@ async fn load(store: &Store, table: &str, count: usize) -> Result<(), BenchError
 }
 
 /// The claim and result statements alone, at the runner's concurrency: the better of a pipelined
-/// loop and a lock-step one (claim a full batch, write every result, repeat).
+/// loop (the runner's batched success writer) and a lock-step one (claim a full batch, write
+/// its results in one statement, repeat).
 async fn limit(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let pipelined = limit_pipelined(store, args).await?;
     let lockstep = limit_lockstep(store, args).await?;
@@ -355,13 +357,11 @@ async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchErr
     let mut done = 0usize;
     while done < args.jobs {
         let claimed = claimer.claim(store, table, args.concurrency).await?;
-        let writes = claimed
+        let fences = claimed
             .iter()
-            .map(|job| store.write_back(&job.id, &job.token, 0, WriteBack::Success));
-        for written in futures::future::join_all(writes).await {
-            written?;
-            done += 1;
-        }
+            .map(|job| (job.id.clone(), job.token.clone()))
+            .collect();
+        done += store.write_successes(fences).await?.len();
     }
     Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
 }
@@ -374,6 +374,7 @@ async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchEr
         lease: Duration::from_secs(60),
     };
     let permits = Arc::new(Semaphore::new(args.concurrency));
+    let successes = SuccessWriter::start(store.clone());
     let mut writes: JoinSet<Result<bool, StoreError>> = JoinSet::new();
     let mut done = 0usize;
     let started = Instant::now();
@@ -404,10 +405,17 @@ async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchEr
                 .await
                 .expect("semaphore open");
             let store = store.clone();
+            let successes = successes.clone();
             writes.spawn(async move {
-                let written = store
-                    .write_back(&job.id, &job.token, 0, WriteBack::Success)
-                    .await;
+                // The runner's path: the batched write, and the single one if the batch fails.
+                let written = match successes.write(&job).await {
+                    Some(written) => Ok(written == Written::Recorded),
+                    None => {
+                        store
+                            .write_back(&job.id, &job.token, 0, WriteBack::Success)
+                            .await
+                    }
+                };
                 drop(permit);
                 written
             });

@@ -4,11 +4,14 @@
 //! next attempt's time in `due_at` (so the retry survives a restart); or `failed` once the
 //! failure is permanent or `1 + max_retries` attempts are spent. [`write`] sends it, fenced by
 //! the claim's token, and keeps trying through a database outage for as long as the lease
-//! could still hold; after that the lease rescue owns the job.
+//! could still hold; after that the lease rescue owns the job. Successes go through a
+//! [`SuccessWriter`] first, which writes the ones that finish together in one statement.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use surrealdb::types::RecordId;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::claim::Job;
 use crate::failure::Failure;
@@ -82,13 +85,20 @@ pub enum Written {
     LostLease,
 }
 
-/// Writes `decision` for `job`, retrying database errors until `give_up_after`.
+/// Writes `decision` for `job`, retrying database errors until `give_up_after`. A success is
+/// offered to `successes` first; when its batch cannot be written it is written here on its own.
 pub async fn write(
     store: &Store,
     job: &Job,
     decision: &Decision,
     give_up_after: Duration,
+    successes: Option<&SuccessWriter>,
 ) -> Result<Written, StoreError> {
+    if let (Decision::Success, Some(writer)) = (decision, successes)
+        && let Some(written) = writer.write(job).await
+    {
+        return Ok(written);
+    }
     let attempt = job.attempt();
     let outcome = match decision {
         Decision::Success => WriteBack::Success,
@@ -119,6 +129,93 @@ pub async fn write(
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The most successes written by one statement.
+const SUCCESS_BATCH: usize = 128;
+
+/// Writes successes that finish close together in one fenced statement ([`Store::write_successes`]):
+/// every commit is a sync on SurrealKV and a round trip to a server, so a burst of 32 finished
+/// calls costs one of each instead of 32. Nothing waits to fill a batch: a batch is whatever
+/// finished while the previous one was being written, so a lone job is written at once.
+#[derive(Clone)]
+pub struct SuccessWriter {
+    queue: mpsc::UnboundedSender<QueuedSuccess>,
+}
+
+struct QueuedSuccess {
+    id: RecordId,
+    token: String,
+    /// `None` when the batch failed; the job then writes its own result.
+    reply: oneshot::Sender<Option<Written>>,
+}
+
+impl SuccessWriter {
+    /// Starts the writing task. It ends when every clone of the writer is dropped.
+    pub fn start(store: Store) -> SuccessWriter {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(store, rx));
+        SuccessWriter { queue }
+    }
+
+    /// `None` when the batch could not be written (or the writer is gone).
+    pub async fn write(&self, job: &Job) -> Option<Written> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(QueuedSuccess {
+                id: job.id.clone(),
+                token: job.token.clone(),
+                reply,
+            })
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<QueuedSuccess>) {
+    let mut carried: Option<QueuedSuccess> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < SUCCESS_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            // One row twice in a statement (a stale attempt beside the current one) would make
+            // both look written; the second goes into the next batch instead.
+            if batch.iter().any(|queued| queued.id == next.id) {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        let fences = batch
+            .iter()
+            .map(|queued| (queued.id.clone(), queued.token.clone()))
+            .collect();
+        match store.write_successes(fences).await {
+            Ok(written) => {
+                for queued in batch {
+                    let outcome = if written.contains(&queued.id) {
+                        Written::Recorded
+                    } else {
+                        Written::LostLease
+                    };
+                    let _ = queued.reply.send(Some(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, jobs = batch.len(), "batched success write failed; writing one by one");
+                for queued in batch {
+                    let _ = queued.reply.send(None);
+                }
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::claim::{Claimer, Job};
 use crate::config::Backend;
 use crate::failure::Failure;
 use crate::metrics::{Metrics, TableLabels};
-use crate::record::{self, Decision, Written};
+use crate::record::{self, Decision, SuccessWriter, Written};
 use crate::store::Store;
 use crate::validate::Routes;
 
@@ -72,6 +72,8 @@ pub struct BackendRuntime {
 /// Everything a job task needs, shared.
 struct Shared {
     store: Store,
+    /// Successes are written through here, in batches.
+    successes: SuccessWriter,
     caller: Caller,
     options: RunnerOptions,
     status: Arc<RunnerStatus>,
@@ -144,6 +146,7 @@ impl Runner {
         let tables = backends.iter().map(|b| b.backend.table.clone()).collect();
         Runner {
             shared: Arc::new(Shared {
+                successes: SuccessWriter::start(store.clone()),
                 store,
                 caller: Caller::new(),
                 options,
@@ -461,7 +464,15 @@ async fn execute(
     };
 
     let decision = record::decide(&job, result, &config.retry, Utc::now());
-    match record::write(&shared.store, &job, &decision, shared.options.lease).await {
+    let written = record::write(
+        &shared.store,
+        &job,
+        &decision,
+        shared.options.lease,
+        Some(&shared.successes),
+    )
+    .await;
+    match written {
         Ok(Written::Recorded) => {
             let outcome = match &decision {
                 Decision::Success => "success",

@@ -76,3 +76,49 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
         assert!(per_job.contains_key(&id.to_sql()));
     }
 }
+
+/// A batch of successes is fenced row by row: a row whose lease moved to another claim is left
+/// alone, while the rest of the batch is written.
+#[tokio::test]
+async fn batched_successes_only_write_rows_whose_lease_they_hold() {
+    let store = mem_store().await;
+    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        insert_job(&store, "job", "/spookify", json!({"id": n}), 3, "linear").await;
+    }
+    let claimer = sp00ky_job_runner::claim::Claimer {
+        runner_id: "runner-a".into(),
+        lease: Duration::from_secs(60),
+    };
+    let claimed = claimer.claim(&store, "job", 3).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    // Another claim took the third row over (as a lease rescue does).
+    let taken_over = &claimed[2];
+    store
+        .client()
+        .query("UPDATE $id SET lease_token = 'someone-else'")
+        .bind(("id", taken_over.id.clone()))
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+
+    let fences = claimed
+        .iter()
+        .map(|job| (job.id.clone(), job.token.clone()))
+        .collect();
+    let written = store.write_successes(fences).await.unwrap();
+
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(!written.contains(&taken_over.id));
+    for job in &claimed[..2] {
+        let row = row(&store, &job.id).await;
+        assert_eq!(row["status"], "success", "{row}");
+        assert_eq!(row["lease_token"], serde_json::Value::Null, "{row}");
+    }
+    let kept = row(&store, &taken_over.id).await;
+    assert_eq!(kept["status"], "processing", "{kept}");
+    assert_eq!(kept["lease_token"], "someone-else", "{kept}");
+}
