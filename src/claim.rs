@@ -18,7 +18,7 @@ use surrealdb::types::{RecordId, ToSql};
 
 use crate::failure::{Failure, FailureKind};
 use crate::retry::Strategy;
-use crate::store::{Candidate, ClaimedRow, Store, StoreError};
+use crate::store::{Candidate, ClaimedRow, DueHint, Store, StoreError};
 
 /// Contract default of `max_retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -149,6 +149,35 @@ impl Claimer {
             }
         }
         Ok(jobs)
+    }
+
+    /// Claims rows a live query reported as due, without the due query: one round trip from a
+    /// new job to its claim. The compare-and-set is the same as [`Claimer::take`]'s, so a row
+    /// another runner took, or one no longer due, is simply not returned.
+    pub async fn take_hinted(
+        &self,
+        store: &Store,
+        hints: Vec<DueHint>,
+    ) -> Result<Vec<Job>, StoreError> {
+        if hints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let token = new_token();
+        let due: std::collections::HashMap<String, DateTime<Utc>> =
+            hints.iter().map(|h| (h.id.to_sql(), h.due_at)).collect();
+        let ids: Vec<RecordId> = hints.into_iter().map(|h| h.id).collect();
+        let rows = retry_conflicts(|| {
+            store.claim_pending(ids.clone(), &self.runner_id, &token, now, now + self.lease)
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let due_at = due.get(&row.id.to_sql()).copied();
+                read_job(row, &token, due_at)
+            })
+            .collect())
     }
 
     /// Takes over one row whose lease ran out, recording the lost attempt.

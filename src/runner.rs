@@ -23,7 +23,7 @@ use crate::config::Backend;
 use crate::failure::Failure;
 use crate::metrics::{Metrics, TableLabels};
 use crate::record::{self, Decision, SuccessWriter, Written};
-use crate::store::Store;
+use crate::store::{DueHint, Store};
 use crate::validate::Routes;
 
 /// Tuning of the loop; defaults are in [`RunnerOptions::default`].
@@ -172,10 +172,15 @@ impl Runner {
         let wake = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let mut watchers = JoinSet::new();
-        for backend in self.backends.iter() {
+        let hints = Arc::new(Mutex::new(Hints::default()));
+        for (index, backend) in self.backends.iter().enumerate() {
             watchers.spawn(watch_table(
                 self.shared.store.clone(),
-                backend.backend.table.clone(),
+                WatchTarget {
+                    table: backend.backend.table.clone(),
+                    backend: index,
+                    hints: hints.clone(),
+                },
                 wake.clone(),
                 self.shared.status.clone(),
             ));
@@ -199,10 +204,11 @@ impl Runner {
         tokio::pin!(shutdown);
         loop {
             self.shared.status.tick();
+            let mut polled = false;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(next_poll) => {}
+                () = tokio::time::sleep_until(next_poll) => polled = true,
                 () = wake.notified() => {}
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {
                     // A slot freed up. Look again only if the last look left work behind, and only
@@ -218,6 +224,20 @@ impl Runner {
                 // Full: the next finished job triggers the next look.
                 more_work = true;
                 next_poll = tokio::time::Instant::now() + options.poll_interval;
+                continue;
+            }
+            let hinted = std::mem::take(&mut *hints.lock().expect("hints lock"));
+            // New rows reported by a live query, when the last look left nothing behind and they
+            // all fit: claimed by id at once. Polls, backlogs and anything the hints may not
+            // cover take the full round, which honours priorities.
+            if !polled
+                && !more_work
+                && !hinted.overflowed
+                && !hinted.rows.is_empty()
+                && hinted.rows.len() <= semaphore.available_permits()
+            {
+                self.claim_hinted(hinted.rows, &semaphore, &mut jobs, &cancel_rx)
+                    .await;
                 continue;
             }
             let round = self
@@ -264,6 +284,57 @@ impl Runner {
         tracing::info!("runner stopped");
     }
 
+    /// Claims the hinted rows of each backend by id and starts them.
+    async fn claim_hinted(
+        &self,
+        hinted: Vec<(usize, DueHint)>,
+        semaphore: &Arc<Semaphore>,
+        jobs: &mut JoinSet<()>,
+        cancel: &watch::Receiver<bool>,
+    ) {
+        let mut by_backend: Vec<Vec<DueHint>> = vec![Vec::new(); self.backends.len()];
+        for (index, hint) in hinted {
+            if let Some(rows) = by_backend.get_mut(index) {
+                rows.push(hint);
+            }
+        }
+        for (backend, rows) in self.backends.iter().zip(by_backend) {
+            if rows.is_empty() {
+                continue;
+            }
+            match self.claimer.take_hinted(&self.shared.store, rows).await {
+                Ok(claimed) => self.start(backend, claimed, semaphore, jobs, cancel),
+                Err(e) => {
+                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
+                }
+            }
+        }
+    }
+
+    /// Spawns a task per claimed job, each holding one of the free slots.
+    fn start(
+        &self,
+        backend: &Arc<BackendRuntime>,
+        claimed: Vec<Job>,
+        semaphore: &Arc<Semaphore>,
+        jobs: &mut JoinSet<()>,
+        cancel: &watch::Receiver<bool>,
+    ) {
+        for job in claimed {
+            let permit = semaphore
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed no more than the free permits");
+            let shared = self.shared.clone();
+            let backend = backend.clone();
+            let cancel = cancel.clone();
+            jobs.spawn(async move {
+                execute(&shared, &backend, job, cancel).await;
+                drop(permit);
+            });
+        }
+    }
+
     /// Claims for every backend while there is room. Returns whether any backend had more due
     /// work than there was room for, or `None` when `shutdown` completed while looking: the
     /// read-only look is abandoned then, so an idle runner exits without waiting on the
@@ -298,19 +369,7 @@ impl Runner {
             match claimed {
                 Ok(claimed) => {
                     more |= claimed.len() == room;
-                    for job in claimed {
-                        let permit = semaphore
-                            .clone()
-                            .try_acquire_owned()
-                            .expect("claimed no more than the free permits");
-                        let shared = self.shared.clone();
-                        let backend = backend.clone();
-                        let cancel = cancel.clone();
-                        jobs.spawn(async move {
-                            execute(&shared, &backend, job, cancel).await;
-                            drop(permit);
-                        });
-                    }
+                    self.start(backend, claimed, semaphore, jobs, cancel);
                 }
                 Err(e) if e.is_conflict() => more = true,
                 // While the database is away every poll fails; the store logged the outage once.
@@ -332,10 +391,46 @@ impl Runner {
 /// bounds how long the runner can depend on polling alone.
 const LIVE_REFRESH: Duration = Duration::from_secs(30);
 
+/// New due rows reported by the live queries, waiting for the main loop.
+#[derive(Default)]
+struct Hints {
+    /// `(backend index, row)`.
+    rows: Vec<(usize, DueHint)>,
+    /// Some hints were dropped (too many at once): the next look must be a full round.
+    overflowed: bool,
+}
+
+/// The most hints kept between two looks; a bulk insert beyond it is found by the full round.
+const MAX_HINTS: usize = 1024;
+
+/// What one live query watches, and where its hints go.
+struct WatchTarget {
+    table: String,
+    backend: usize,
+    hints: Arc<Mutex<Hints>>,
+}
+
+impl WatchTarget {
+    fn hint(&self, hint: Option<DueHint>) {
+        let mut hints = self.hints.lock().expect("hints lock");
+        match hint {
+            Some(hint) if hints.rows.len() < MAX_HINTS => hints.rows.push((self.backend, hint)),
+            // A change the loop cannot act on by id (or too many): it must look properly.
+            _ => hints.overflowed = true,
+        }
+    }
+}
+
 /// Keeps a LIVE SELECT open on `table`, on a connection of its own, and turns each notification
-/// into a wake-up. Re-arms it when it ends, after every reconnect of the main connection, and
+/// into a wake-up (with the row's id as a hint when it is due). Re-arms it when it ends, after every reconnect of the main connection, and
 /// every [`LIVE_REFRESH`]; with a capped backoff while it cannot be started.
-async fn watch_table(store: Store, table: String, wake: Arc<Notify>, status: Arc<RunnerStatus>) {
+async fn watch_table(
+    store: Store,
+    target: WatchTarget,
+    wake: Arc<Notify>,
+    status: Arc<RunnerStatus>,
+) {
+    let table = target.table.clone();
     use futures::StreamExt;
     let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
@@ -366,7 +461,10 @@ async fn watch_table(store: Store, table: String, wake: Arc<Notify>, status: Arc
             loop {
                 tokio::select! {
                     item = stream.next() => match item {
-                        Some(()) => wake.notify_one(),
+                        Some(hint) => {
+                            target.hint(hint);
+                            wake.notify_one();
+                        }
                         None => break,
                     },
                     changed = reconnects.changed() => {

@@ -653,20 +653,34 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// A stream that yields once per change to a pending row of `table`; the runner uses it only
-    /// as a wake-up, never as the source of truth (notifications can be missed).
+    /// A stream that yields once per change to a pending row of `table`, with the row's id when
+    /// it is due already: the runner claims such a row straight away, without first asking which
+    /// rows are due. Notifications are only ever a hint; the due query stays the source of truth
+    /// (notifications can be missed, and a hinted row may be taken by another runner first).
     pub async fn watch_pending(
         &self,
         table: &str,
-    ) -> Result<futures::stream::BoxStream<'static, ()>, StoreError> {
+    ) -> Result<futures::stream::BoxStream<'static, Option<DueHint>>, StoreError> {
         const STATEMENT: &str = "LIVE SELECT";
         let table = Self::table(table)?;
         let query = self.db.query(format!(
-            "LIVE SELECT id FROM {table} WHERE status = 'pending'"
+            "LIVE SELECT id, due_at FROM {table} WHERE status = 'pending'"
         ));
         let mut response = self.exec(STATEMENT, query).await?;
-        let stream = response.stream::<Value>(0).map_err(query_err(STATEMENT))?;
-        Ok(stream.map(|_| ()).boxed())
+        let stream = response
+            .stream::<surrealdb::Notification<Value>>(0)
+            .map_err(query_err(STATEMENT))?;
+        Ok(stream
+            .map(|item| {
+                let notification = item.ok()?;
+                match notification.action {
+                    surrealdb::types::Action::Create | surrealdb::types::Action::Update => {
+                        due_hint(notification.data, Utc::now())
+                    }
+                    _ => None,
+                }
+            })
+            .boxed())
     }
 
     /// Creates a pending job the way `db.run` does; returns its id.
@@ -970,6 +984,29 @@ fn error_bindings(failure: &Failure, attempt: u32) -> surrealdb::types::Object {
 }
 
 /// Splits a returned row into its record id and the rest as JSON.
+/// A pending row a live query reported as due.
+#[derive(Debug, Clone)]
+pub struct DueHint {
+    pub id: RecordId,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Reads a live-query row into a hint when it is due at `now`.
+fn due_hint(row: Value, now: DateTime<Utc>) -> Option<DueHint> {
+    let Value::Object(object) = row else {
+        return None;
+    };
+    let mut map = object.into_inner();
+    let Some(Value::RecordId(id)) = map.remove("id") else {
+        return None;
+    };
+    let Some(Value::Datetime(due_at)) = map.remove("due_at") else {
+        return None;
+    };
+    let due_at: DateTime<Utc> = due_at.into();
+    (due_at <= now).then_some(DueHint { id, due_at })
+}
+
 fn split_row(
     row: Value,
     statement: &'static str,
@@ -1073,6 +1110,21 @@ mod tests {
         ));
         assert!(!schema.contains(" job "));
         assert!(!schema.contains("--"));
+    }
+
+    #[test]
+    fn only_due_rows_become_hints() {
+        let now = Utc::now();
+        let row = |due_at: DateTime<Utc>| {
+            let mut object = surrealdb::types::Object::new();
+            object.insert("id", RecordId::new("job", "a"));
+            object.insert("due_at", surrealdb::types::Datetime::from(due_at));
+            Value::Object(object)
+        };
+        let hint = due_hint(row(now - chrono::Duration::milliseconds(1)), now).unwrap();
+        assert_eq!(hint.id, RecordId::new("job", "a"));
+        assert!(due_hint(row(now + chrono::Duration::seconds(5)), now).is_none());
+        assert!(due_hint(Value::None, now).is_none());
     }
 
     #[test]
