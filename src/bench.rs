@@ -15,6 +15,7 @@
 //!    rows are deleted between batches, so a growing store does not hide a growing runner).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use crate::claim::Claimer;
@@ -474,9 +475,10 @@ async fn drain(
 ) -> Result<f64, BenchError> {
     load(store, table, count).await?;
     let runner = runner(store, table, backend, concurrency);
+    let answered = backend.answered();
     let started = Instant::now();
     let elapsed = with_runner(runner, async {
-        wait_succeeded(store, table, count as u64)
+        wait_succeeded(store, table, backend, answered, count as u64)
             .await
             .map(|()| started.elapsed())
     })
@@ -484,9 +486,21 @@ async fn drain(
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
-async fn wait_succeeded(store: &Store, table: &str, count: u64) -> Result<(), BenchError> {
+/// Waits until `count` jobs of `table` are recorded `success`: first for the backend to have
+/// answered them (`answered_before` is its count when the run began), so the database is not
+/// polled while the runner works, then briefly for the last write-backs.
+async fn wait_succeeded(
+    store: &Store,
+    table: &str,
+    backend: &BenchBackend,
+    answered_before: usize,
+    count: u64,
+) -> Result<(), BenchError> {
+    backend
+        .until_answered(answered_before + count as usize)
+        .await;
     while store.count_succeeded(table).await? < count {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
 }
@@ -499,8 +513,10 @@ async fn pickup(
 ) -> Result<(Percentiles, usize), BenchError> {
     let table = "bench_pickup";
     store.apply_schema(table).await?;
-    backend.latencies.lock().expect("latency lock").clear();
-    let client = store.clone();
+    backend.state.latencies.lock().expect("latency lock").clear();
+    // A client of its own where the database is a server; an embedded store has one handle.
+    let client = store.own_connection().await?;
+    let answered = backend.answered();
     let total = (f64::from(args.rate) * args.duration.as_secs_f64()) as usize;
     let runner = runner(store, table, backend, args.concurrency);
     with_runner(runner, async {
@@ -513,10 +529,10 @@ async fn pickup(
             let job = jobs(1, |_| format!("{{\"t\":{}}}", now_micros()));
             client.enqueue_many(table, job).await?;
         }
-        wait_succeeded(store, table, total as u64).await
+        wait_succeeded(store, table, backend, answered, total as u64).await
     })
     .await?;
-    let mut samples: Vec<f64> = backend.latencies.lock().expect("latency lock").clone();
+    let mut samples: Vec<f64> = backend.state.latencies.lock().expect("latency lock").clone();
     samples.sort_by(f64::total_cmp);
     let at =
         |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
@@ -545,10 +561,11 @@ async fn memory(
     with_runner(runner, async {
         let mut first = 0.0;
         for batch in 0..batches {
+            let answered = backend.answered();
             for chunk in jobs(args.jobs, |_| "{}".into()).chunks(1_000) {
                 store.enqueue_many(table, chunk.to_vec()).await?;
             }
-            wait_succeeded(store, table, args.jobs as u64).await?;
+            wait_succeeded(store, table, backend, answered, args.jobs as u64).await?;
             store.delete_succeeded(table).await?;
             if batch == 0 {
                 first = rss_mb("VmRSS");
@@ -630,34 +647,54 @@ fn print_table(result: &ModeResult) {
     );
 }
 
-/// A zero-latency (or fixed-latency) local HTTP backend that records pickup latency.
+/// A zero-latency (or fixed-latency) local HTTP backend that records pickup latency and counts
+/// the requests it answered, so waiting for a run to finish costs the database nothing.
 struct BenchBackend {
     url: String,
-    latencies: Arc<Mutex<Vec<f64>>>,
+    state: BackendState,
 }
 
 #[derive(Clone)]
 struct BackendState {
     delay: Duration,
     latencies: Arc<Mutex<Vec<f64>>>,
+    answered: Arc<(AtomicUsize, Notify)>,
 }
 
 impl BenchBackend {
     async fn start(delay: Duration) -> BenchBackend {
-        let latencies = Arc::new(Mutex::new(Vec::new()));
         let state = BackendState {
             delay,
-            latencies: latencies.clone(),
+            latencies: Arc::default(),
+            answered: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
         let url = format!("http://{}", listener.local_addr().expect("bound"));
-        let app = axum::Router::new().fallback(receive).with_state(state);
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        BenchBackend { url, latencies }
+        BenchBackend { url, state }
+    }
+
+    fn answered(&self) -> usize {
+        self.state.answered.0.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the backend has answered `count` requests in all.
+    async fn until_answered(&self, count: usize) {
+        let (answered, changed) = &*self.state.answered;
+        loop {
+            let notified = changed.notified();
+            if answered.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -675,5 +712,8 @@ async fn receive(State(state): State<BackendState>, body: Bytes) -> &'static str
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
+    let (answered, changed) = &*state.answered;
+    answered.fetch_add(1, Ordering::SeqCst);
+    changed.notify_waiters();
     "ok"
 }

@@ -435,7 +435,7 @@ async fn watch_table(
     let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
     loop {
-        let connection = match store.watch_connection().await {
+        let connection = match store.own_connection().await {
             Ok(connection) => connection,
             Err(e) => {
                 tracing::warn!(%table, error = %e, "no connection for live queries; polling only until there is one");

@@ -283,10 +283,11 @@ impl Store {
         }
     }
 
-    /// A connection for live queries. On a server it is a connection of its own: a server closes
-    /// a WebSocket whose notification queue overflows (a bulk insert of many jobs does that), and
-    /// that must never take the claims and write-backs down with it. An embedded store is shared.
-    pub async fn watch_connection(&self) -> Result<Store, StoreError> {
+    /// A connection of its own on a server (an embedded store has one handle, which is shared).
+    /// Live queries use one: a server closes a WebSocket whose notification queue overflows (a
+    /// bulk insert of many jobs does that), and that must never take the claims and write-backs
+    /// down with it.
+    pub async fn own_connection(&self) -> Result<Store, StoreError> {
         if self.settings.is_embedded() {
             Ok(self.clone())
         } else {
