@@ -513,7 +513,12 @@ async fn pickup(
 ) -> Result<(Percentiles, usize), BenchError> {
     let table = "bench_pickup";
     store.apply_schema(table).await?;
-    backend.state.latencies.lock().expect("latency lock").clear();
+    backend
+        .state
+        .latencies
+        .lock()
+        .expect("latency lock")
+        .clear();
     // A client of its own where the database is a server; an embedded store has one handle.
     let client = store.own_connection().await?;
     let answered = backend.answered();
@@ -532,7 +537,12 @@ async fn pickup(
         wait_succeeded(store, table, backend, answered, total as u64).await
     })
     .await?;
-    let mut samples: Vec<f64> = backend.state.latencies.lock().expect("latency lock").clone();
+    let mut samples: Vec<f64> = backend
+        .state
+        .latencies
+        .lock()
+        .expect("latency lock")
+        .clone();
     samples.sort_by(f64::total_cmp);
     let at =
         |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];

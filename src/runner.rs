@@ -1,8 +1,9 @@
 //! The loop that drives jobs through their life: claim → validate → call → record.
 //!
-//! One task polls and claims; each claimed job runs in its own task, at most `concurrency` at a
-//! time (a semaphore), so a slow backend never blocks the others. The poller wakes on a LIVE
-//! SELECT notification, when a job finishes and the last poll was full, or every
+//! One task polls and claims; each claimed job runs in its own task, at most `concurrency` calls
+//! at a time ([`Slots`]), so a slow backend never blocks the others; a job's write-back runs
+//! after its slot is freed. The poller wakes on a LIVE SELECT notification (claiming the
+//! notified row by id when it can), when a call ends and the last poll was full, or every
 //! `poll_interval` (live queries can miss notifications, and retries become due by the clock).
 //! While a call runs, its task renews the lease every third of its length.
 //!
@@ -168,7 +169,7 @@ impl Runner {
     /// Runs until `shutdown` completes, then drains as described in the module docs.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let options = &self.shared.options;
-        let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let slots = Slots::new(options.concurrency.max(1));
         let wake = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let mut watchers = JoinSet::new();
@@ -205,22 +206,27 @@ impl Runner {
         loop {
             self.shared.status.tick();
             let mut polled = false;
-            tokio::select! {
+            let freed = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(next_poll) => polled = true,
-                () = wake.notified() => {}
-                Some(_) = jobs.join_next(), if !jobs.is_empty() => {
-                    // A slot freed up. Look again only if the last look left work behind, and only
-                    // once enough slots are free to make the round trip worth it (or nothing else
-                    // runs): claims then come in batches instead of one per finished job.
-                    let free = semaphore.available_permits();
-                    if !more_work || (free < claim_batch && !jobs.is_empty()) {
-                        continue;
-                    }
+                () = tokio::time::sleep_until(next_poll) => {
+                    polled = true;
+                    false
+                }
+                () = wake.notified() => false,
+                () = slots.freed.notified() => true,
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => true,
+            };
+            if freed {
+                // A call ended (or its write-back did). Look again only if the last look left
+                // work behind, and only once enough slots are free to make the round trip worth
+                // it (or nothing else runs): claims then come in batches, not one per job.
+                let free = slots.room(&jobs);
+                if !more_work || (free < claim_batch && free < options.concurrency) {
+                    continue;
                 }
             }
-            if semaphore.available_permits() == 0 {
+            if slots.room(&jobs) == 0 {
                 // Full: the next finished job triggers the next look.
                 more_work = true;
                 next_poll = tokio::time::Instant::now() + options.poll_interval;
@@ -234,15 +240,15 @@ impl Runner {
                 && !more_work
                 && !hinted.overflowed
                 && !hinted.rows.is_empty()
-                && hinted.rows.len() <= semaphore.available_permits()
+                && hinted.rows.len() <= slots.room(&jobs)
             {
-                self.claim_hinted(hinted.rows, &semaphore, &mut jobs, &cancel_rx)
+                self.claim_hinted(hinted.rows, &slots, &mut jobs, &cancel_rx)
                     .await;
                 continue;
             }
             let round = self
                 .claim_round(
-                    &semaphore,
+                    &slots,
                     &mut jobs,
                     &mut next_backend,
                     &cancel_rx,
@@ -251,7 +257,7 @@ impl Runner {
                 .await;
             let Some(more) = round else { break };
             more_work = more;
-            let again_now = more_work && semaphore.available_permits() > 0;
+            let again_now = more_work && slots.room(&jobs) > 0;
             next_poll = tokio::time::Instant::now()
                 + if again_now {
                     Duration::ZERO
@@ -288,7 +294,7 @@ impl Runner {
     async fn claim_hinted(
         &self,
         hinted: Vec<(usize, DueHint)>,
-        semaphore: &Arc<Semaphore>,
+        slots: &Slots,
         jobs: &mut JoinSet<()>,
         cancel: &watch::Receiver<bool>,
     ) {
@@ -303,7 +309,7 @@ impl Runner {
                 continue;
             }
             match self.claimer.take_hinted(&self.shared.store, rows).await {
-                Ok(claimed) => self.start(backend, claimed, semaphore, jobs, cancel),
+                Ok(claimed) => self.start(backend, claimed, slots, jobs, cancel),
                 Err(e) => {
                     tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
                 }
@@ -311,26 +317,22 @@ impl Runner {
         }
     }
 
-    /// Spawns a task per claimed job, each holding one of the free slots.
+    /// Spawns a task per claimed job, each holding one of the free slots until its call ends.
     fn start(
         &self,
         backend: &Arc<BackendRuntime>,
         claimed: Vec<Job>,
-        semaphore: &Arc<Semaphore>,
+        slots: &Slots,
         jobs: &mut JoinSet<()>,
         cancel: &watch::Receiver<bool>,
     ) {
         for job in claimed {
-            let permit = semaphore
-                .clone()
-                .try_acquire_owned()
-                .expect("claimed no more than the free permits");
+            let slot = slots.take();
             let shared = self.shared.clone();
             let backend = backend.clone();
             let cancel = cancel.clone();
             jobs.spawn(async move {
-                execute(&shared, &backend, job, cancel).await;
-                drop(permit);
+                execute(&shared, &backend, job, cancel, slot).await;
             });
         }
     }
@@ -341,7 +343,7 @@ impl Runner {
     /// database; a claim that started writing is always seen through.
     async fn claim_round<F: std::future::Future<Output = ()>>(
         &self,
-        semaphore: &Arc<Semaphore>,
+        slots: &Slots,
         jobs: &mut JoinSet<()>,
         next_backend: &mut usize,
         cancel: &watch::Receiver<bool>,
@@ -350,7 +352,7 @@ impl Runner {
         let mut more = false;
         let count = self.backends.len();
         for offset in 0..count {
-            let room = semaphore.available_permits();
+            let room = slots.room(jobs);
             if room == 0 {
                 return Some(true);
             }
@@ -369,7 +371,7 @@ impl Runner {
             match claimed {
                 Ok(claimed) => {
                     more |= claimed.len() == room;
-                    self.start(backend, claimed, semaphore, jobs, cancel);
+                    self.start(backend, claimed, slots, jobs, cancel);
                 }
                 Err(e) if e.is_conflict() => more = true,
                 // While the database is away every poll fails; the store logged the outage once.
@@ -390,6 +392,55 @@ impl Runner {
 /// dropped the connection has forgotten it, and the client does not replay live queries, so this
 /// bounds how long the runner can depend on polling alone.
 const LIVE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The runner's concurrency: a slot is held from claim to the end of the backend call. The
+/// write-back that follows runs outside it, so the next claim need not wait for the database's
+/// commit; at most as many write-backs as slots may be pending at once.
+struct Slots {
+    semaphore: Arc<Semaphore>,
+    freed: Arc<Notify>,
+    concurrency: usize,
+}
+
+/// One held slot; dropping it frees the slot and wakes the main loop.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
+}
+
+impl Slots {
+    fn new(concurrency: usize) -> Slots {
+        Slots {
+            semaphore: Arc::new(Semaphore::new(concurrency)),
+            freed: Arc::new(Notify::new()),
+            concurrency,
+        }
+    }
+
+    /// How many jobs may be claimed now: free slots, bounded so that calls and pending
+    /// write-backs together stay within twice the concurrency.
+    fn room(&self, jobs: &JoinSet<()>) -> usize {
+        let tasks_left = (2 * self.concurrency).saturating_sub(jobs.len());
+        self.semaphore.available_permits().min(tasks_left)
+    }
+
+    fn take(&self) -> Slot {
+        Slot {
+            _permit: self
+                .semaphore
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed no more than the free slots"),
+            freed: self.freed.clone(),
+        }
+    }
+}
 
 /// New due rows reported by the live queries, waiting for the main loop.
 #[derive(Default)]
@@ -499,6 +550,7 @@ async fn execute(
     backend: &BackendRuntime,
     job: Job,
     mut cancel: watch::Receiver<bool>,
+    slot: Slot,
 ) {
     let started = Instant::now();
     let config = &backend.backend;
@@ -561,6 +613,8 @@ async fn execute(
         }
     };
 
+    // The call is over: its slot goes to the next job while this one's result is written.
+    drop(slot);
     let decision = record::decide(&job, result, &config.retry, Utc::now());
     let written = record::write(
         &shared.store,
