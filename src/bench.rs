@@ -169,6 +169,8 @@ pub async fn bench(
         )
         .await?;
         let result = run_mode(mode, &store, &args).await?;
+        drop(store);
+        _guard.embedded_store_closed().await;
         if args.json {
             println!(
                 "{}",
@@ -185,6 +187,24 @@ pub async fn bench(
 struct ModeGuard {
     _dir: Option<tempfile::TempDir>,
     server: Option<std::process::Child>,
+}
+
+impl ModeGuard {
+    /// Waits (up to 10 s) for an embedded SurrealKV store to close once its last handle is gone:
+    /// the engine closes in a task of its own, and the folder must outlive it.
+    async fn embedded_store_closed(&self) {
+        let Some(dir) = &self._dir else { return };
+        let lock = dir.path().join("db").join("LOCK");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.server.is_none() && Instant::now() < deadline {
+            match std::fs::File::open(&lock) {
+                Ok(file) if file.try_lock().is_err() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 impl Drop for ModeGuard {

@@ -98,7 +98,8 @@ pub enum JobsCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Jobs running at once, across all backends.
+    /// Backend calls running at once, across all backends (each result is written after its
+    /// call's slot is freed, with at most as many writes pending).
     #[arg(long, env = "SPKY_RUNNER_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
