@@ -86,6 +86,20 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
         plan.contains("job_due"),
         "the claim query does not use the index: {plan}"
     );
+    // The probe for non-zero priorities is a forward range on the same index.
+    let probe = store
+        .raw("SELECT VALUE id FROM job WHERE status = 'pending' AND priority > 0 AND due_at <= d'2030-01-01T00:00:00Z' LIMIT 1 EXPLAIN")
+        .await
+        .unwrap();
+    let probe = serde_json::to_string(&probe).unwrap();
+    assert!(
+        probe.contains("job_due"),
+        "the priority probe does not use the index: {probe}"
+    );
+    assert!(
+        probe.contains(r#""direction":"Forward""#) && !probe.contains("Backward"),
+        "the priority probe must scan forwards: {probe}"
+    );
     let info = store.table_info("job").await.unwrap();
     assert!(info.schemafull);
     for field in store::RUNNER_FIELDS {
