@@ -359,14 +359,25 @@ impl Runner {
             // Start with a different backend each round so one busy table cannot starve another.
             let backend = &self.backends[(*next_backend + offset) % count];
             let store = &self.shared.store;
+            // The look runs in a task of its own, so that abandoning it leaves the request to
+            // finish (dropping a request in flight makes the SDK log an error about it).
+            let look = tokio::spawn({
+                let (claimer, store) = (self.claimer.clone(), store.clone());
+                let table = backend.backend.table.clone();
+                async move { claimer.find(&store, &table, room).await }
+            });
             let found = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => return None,
-                found = self.claimer.find(store, &backend.backend.table, room) => found,
+                found = look => found,
             };
             let claimed = match found {
-                Ok(found) => self.claimer.take(store, found, room).await,
-                Err(e) => Err(e),
+                Ok(Ok(found)) => self.claimer.take(store, found, room).await,
+                Ok(Err(e)) => Err(e),
+                Err(e) => {
+                    tracing::warn!(backend = %backend.backend.name, error = %e, "looking for due jobs failed");
+                    continue;
+                }
             };
             match claimed {
                 Ok(claimed) => {
