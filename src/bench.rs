@@ -367,13 +367,18 @@ async fn limit(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     Ok(pipelined.max(lockstep))
 }
 
+/// The limit loops claim as a runner would, with a lease long enough never to lapse.
+fn limit_claimer() -> Claimer {
+    Claimer {
+        runner_id: "bench-limit".into(),
+        lease: Duration::from_secs(60),
+    }
+}
+
 async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let table = "bench_limit_lockstep";
     load(store, table, args.jobs).await?;
-    let claimer = Claimer {
-        runner_id: "bench-limit".into(),
-        lease: Duration::from_secs(60),
-    };
+    let claimer = limit_claimer();
     let started = Instant::now();
     let mut done = 0usize;
     while done < args.jobs {
@@ -390,10 +395,7 @@ async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchErr
 async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let table = "bench_limit";
     load(store, table, args.jobs).await?;
-    let claimer = Claimer {
-        runner_id: "bench-limit".into(),
-        lease: Duration::from_secs(60),
-    };
+    let claimer = limit_claimer();
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let successes = SuccessWriter::start(store.clone());
     let mut writes: JoinSet<Result<bool, StoreError>> = JoinSet::new();

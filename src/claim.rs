@@ -124,30 +124,15 @@ impl Claimer {
         let (expired, pending): (Vec<Candidate>, Vec<Candidate>) = candidates
             .into_iter()
             .partition(|c| c.status == "processing");
-        let token = new_token();
-        let lease_until = now + self.lease;
         let mut jobs = Vec::new();
-
         for candidate in expired.into_iter().take(limit) {
             if let Some(job) = self.rescue(store, &candidate, now).await? {
                 jobs.push(job);
             }
         }
-
         let room = limit.saturating_sub(jobs.len());
-        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> =
-            pending.iter().map(|c| (c.id.to_sql(), c.due_at)).collect();
-        let ids: Vec<RecordId> = pending.into_iter().take(room).map(|c| c.id).collect();
-        if !ids.is_empty() {
-            let rows = retry_conflicts(|| {
-                store.claim_pending(ids.clone(), &self.runner_id, &token, now, lease_until)
-            })
-            .await?;
-            for row in rows {
-                let due_at = due.get(&row.id.to_sql()).copied().flatten();
-                jobs.push(read_job(row, &token, due_at));
-            }
-        }
+        let pending = pending.into_iter().take(room).map(|c| (c.id, c.due_at));
+        jobs.extend(self.claim_pending(store, pending.collect(), now).await?);
         Ok(jobs)
     }
 
@@ -159,14 +144,27 @@ impl Claimer {
         store: &Store,
         hints: Vec<DueHint>,
     ) -> Result<Vec<Job>, StoreError> {
-        if hints.is_empty() {
+        let pending = hints.into_iter().map(|h| (h.id, Some(h.due_at)));
+        self.claim_pending(store, pending.collect(), Utc::now())
+            .await
+    }
+
+    /// The compare-and-set both takes share: `(id, due_at)` of rows seen pending, one token.
+    async fn claim_pending(
+        &self,
+        store: &Store,
+        pending: Vec<(RecordId, Option<DateTime<Utc>>)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>, StoreError> {
+        if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
         let token = new_token();
-        let due: std::collections::HashMap<String, DateTime<Utc>> =
-            hints.iter().map(|h| (h.id.to_sql(), h.due_at)).collect();
-        let ids: Vec<RecordId> = hints.into_iter().map(|h| h.id).collect();
+        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> = pending
+            .iter()
+            .map(|(id, due_at)| (id.to_sql(), *due_at))
+            .collect();
+        let ids: Vec<RecordId> = pending.into_iter().map(|(id, _)| id).collect();
         let rows = retry_conflicts(|| {
             store.claim_pending(ids.clone(), &self.runner_id, &token, now, now + self.lease)
         })
@@ -174,7 +172,7 @@ impl Claimer {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let due_at = due.get(&row.id.to_sql()).copied();
+                let due_at = due.get(&row.id.to_sql()).copied().flatten();
                 read_job(row, &token, due_at)
             })
             .collect())

@@ -77,29 +77,19 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
     let store = mem_store().await;
     store.apply_schema("job").await.unwrap();
     store.apply_schema("job").await.unwrap();
-    let plan = store
-        .raw("SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10 EXPLAIN")
-        .await
-        .unwrap();
-    let plan = serde_json::to_string(&plan).unwrap();
-    assert!(
-        plan.contains("job_due"),
-        "the claim query does not use the index: {plan}"
-    );
-    // The probe for non-zero priorities is a forward range on the same index.
-    let probe = store
-        .raw("SELECT VALUE id FROM job WHERE status = 'pending' AND priority > 0 AND due_at <= d'2030-01-01T00:00:00Z' LIMIT 1 EXPLAIN")
-        .await
-        .unwrap();
-    let probe = serde_json::to_string(&probe).unwrap();
-    assert!(
-        probe.contains("job_due"),
-        "the priority probe does not use the index: {probe}"
-    );
-    assert!(
-        probe.contains(r#""direction":"Forward""#) && !probe.contains("Backward"),
-        "the priority probe must scan forwards: {probe}"
-    );
+    // Both the claim query and the probe for non-zero priorities are forward ranges on the index.
+    let claim = plan(&store, "SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10").await;
+    let probe = plan(&store, "SELECT VALUE id FROM job WHERE status = 'pending' AND priority > 0 AND due_at <= d'2030-01-01T00:00:00Z' LIMIT 1").await;
+    for (what, plan) in [("the claim query", claim), ("the priority probe", probe)] {
+        assert!(
+            plan.contains("job_due"),
+            "{what} does not use the index: {plan}"
+        );
+        assert!(
+            plan.contains(r#""direction":"Forward""#) && !plan.contains("Backward"),
+            "{what} must scan forwards: {plan}"
+        );
+    }
     let info = store.table_info("job").await.unwrap();
     assert!(info.schemafull);
     for field in store::RUNNER_FIELDS {
@@ -183,4 +173,10 @@ async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
         .unwrap();
     let rows: Vec<serde_json::Value> = readable.take(0).unwrap();
     assert_eq!(rows.len(), 1, "the app user can read the job's state");
+}
+
+/// The `EXPLAIN` plan of `query`, as JSON text.
+async fn plan(store: &sp00ky_job_runner::store::Store, query: &str) -> String {
+    let plan = store.raw(&format!("{query} EXPLAIN")).await.unwrap();
+    serde_json::to_string(&plan).unwrap()
 }
