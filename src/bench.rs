@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 
-use crate::claim::Claimer;
+use crate::claim::{Claimer, Watermark};
 use crate::config::Backend;
 use crate::record::{SuccessWriter, Written};
 use crate::retry::RetryPolicy;
@@ -367,22 +367,30 @@ async fn limit(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     Ok(pipelined.max(lockstep))
 }
 
-/// The limit loops claim as a runner would, with a lease long enough never to lapse.
-fn limit_claimer() -> Claimer {
-    Claimer {
+/// The limit loops claim as a runner would (their looks start where the last one found work,
+/// with a full look every second, the runner's default poll interval), with a lease long enough
+/// never to lapse.
+fn limit_claimer() -> (Claimer, Watermark) {
+    let claimer = Claimer {
         runner_id: "bench-limit".into(),
         lease: Duration::from_secs(60),
-    }
+    };
+    (
+        claimer,
+        Watermark::new(RunnerOptions::default().poll_interval),
+    )
 }
 
 async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let table = "bench_limit_lockstep";
     load(store, table, args.jobs).await?;
-    let claimer = limit_claimer();
+    let (claimer, mut watermark) = limit_claimer();
     let started = Instant::now();
     let mut done = 0usize;
     while done < args.jobs {
-        let claimed = claimer.claim(store, table, args.concurrency).await?;
+        let claimed = claimer
+            .claim(store, table, args.concurrency, &mut watermark)
+            .await?;
         let fences = claimed
             .iter()
             .map(|job| (job.id.clone(), job.token.clone()))
@@ -395,7 +403,7 @@ async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchErr
 async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let table = "bench_limit";
     load(store, table, args.jobs).await?;
-    let claimer = limit_claimer();
+    let (claimer, mut watermark) = limit_claimer();
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let successes = SuccessWriter::start(store.clone());
     let mut writes: JoinSet<Result<bool, StoreError>> = JoinSet::new();
@@ -407,7 +415,7 @@ async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchEr
     while done < args.jobs {
         let free = permits.available_permits();
         let claimed = if free >= batch_at || writes.is_empty() {
-            claimer.claim(store, table, free).await?
+            claimer.claim(store, table, free, &mut watermark).await?
         } else {
             Vec::new()
         };

@@ -10,7 +10,7 @@
 //! the queue) and carries its problem in [`Job::row`], which the record step writes as a `row`
 //! failure.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -18,7 +18,7 @@ use surrealdb::types::{RecordId, ToSql};
 
 use crate::failure::{Failure, FailureKind};
 use crate::retry::Strategy;
-use crate::store::{Candidate, ClaimedRow, DueHint, Store, StoreError};
+use crate::store::{Candidate, ClaimedRow, DueHint, DueRows, Store, StoreError};
 
 /// Contract default of `max_retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -66,7 +66,81 @@ impl Job {
 #[derive(Debug)]
 pub struct Found {
     now: DateTime<Utc>,
+    look: Look,
     candidates: Vec<Candidate>,
+    /// Where the next look may start: `due_at` of the oldest due priority-0 row seen, when
+    /// they filled the look (a backlog).
+    backlog_from: Option<DateTime<Utc>>,
+}
+
+/// What one look at a table scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    /// The priority-0 scan starts at this `due_at` (inclusive); `None` scans from the start.
+    pub from: Option<DateTime<Utc>>,
+    /// Whether rows whose lease ran out are looked for.
+    pub expired: bool,
+}
+
+impl Look {
+    /// The whole `pending` range, and expired leases.
+    pub const FULL: Look = Look {
+        from: None,
+        expired: true,
+    };
+
+    fn is_full(&self) -> bool {
+        *self == Look::FULL
+    }
+}
+
+/// Where the next look at one table starts.
+///
+/// Rows leave `pending` oldest first, and an LSM store (SurrealKV) keeps each deleted index entry
+/// in its memtable until a flush, so a scan from the start of the `pending` range steps over every
+/// job the table ran recently: hundreds of thousands in a busy table, on every claim. While a
+/// backlog drains (the last look filled its limit), a look therefore starts at the oldest due row
+/// the previous one saw. Without a backlog it starts at the beginning: the index range of a
+/// narrow look is its lower bound only (SurrealDB uses one bound of a column), so at the end of
+/// a backlog it may walk rows delayed into the future, once. Rows can become due below the
+/// start: a client may write its own `due_at`, and another runner's clock may lag this one's. So
+/// a full look (from the start of the range, and for expired leases, which need no quicker
+/// answer) runs at least once per `full_every`: such a row waits at most that long, the same
+/// bound as a live-query notification that never arrived.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    from: Option<DateTime<Utc>>,
+    last_full: Option<Instant>,
+    full_every: Duration,
+}
+
+impl Watermark {
+    pub fn new(full_every: Duration) -> Watermark {
+        Watermark {
+            from: None,
+            last_full: None,
+            full_every,
+        }
+    }
+
+    /// The look to make at `now`.
+    pub fn look(&self, now: Instant) -> Look {
+        match self.last_full {
+            Some(at) if now.saturating_duration_since(at) < self.full_every => Look {
+                from: self.from,
+                expired: false,
+            },
+            _ => Look::FULL,
+        }
+    }
+
+    /// Moves the start of the next look to what `found` saw (the look ended at `now`).
+    pub fn saw(&mut self, found: &Found, now: Instant) {
+        if found.look.is_full() {
+            self.last_full = Some(now);
+        }
+        self.from = found.backlog_from;
+    }
 }
 
 /// Who claims, and for how long.
@@ -87,8 +161,12 @@ impl Claimer {
         store: &Store,
         table: &str,
         limit: usize,
+        watermark: &mut Watermark,
     ) -> Result<Vec<Job>, StoreError> {
-        let found = self.find(store, table, limit).await?;
+        let found = self
+            .find(store, table, limit, watermark.look(Instant::now()))
+            .await?;
+        watermark.saw(&found, Instant::now());
         self.take(store, found, limit).await
     }
 
@@ -99,14 +177,20 @@ impl Claimer {
         store: &Store,
         table: &str,
         limit: usize,
+        look: Look,
     ) -> Result<Found, StoreError> {
         let now = Utc::now();
-        let candidates = if limit == 0 {
-            Vec::new()
+        let due = if limit == 0 {
+            DueRows::default()
         } else {
-            store.due_candidates(table, now, limit).await?
+            store.due_candidates(table, now, limit, look).await?
         };
-        Ok(Found { now, candidates })
+        Ok(Found {
+            now,
+            look,
+            candidates: due.candidates,
+            backlog_from: due.oldest_pending.filter(|_| due.backlog),
+        })
     }
 
     /// The writing half of a claim: takes what [`Claimer::find`] saw, as compare-and-set
@@ -117,7 +201,9 @@ impl Claimer {
         found: Found,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let Found { now, candidates } = found;
+        let Found {
+            now, candidates, ..
+        } = found;
         if limit == 0 || candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -349,6 +435,60 @@ fn type_name(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn found(look: Look, backlog_from: Option<DateTime<Utc>>) -> Found {
+        Found {
+            now: Utc::now(),
+            look,
+            candidates: Vec::new(),
+            backlog_from,
+        }
+    }
+
+    #[test]
+    fn a_backlog_is_looked_at_from_its_oldest_row_and_the_whole_range_every_interval() {
+        let every = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut watermark = Watermark::new(every);
+        assert_eq!(watermark.look(start), Look::FULL, "the first look is full");
+
+        let oldest = Utc::now();
+        watermark.saw(&found(Look::FULL, Some(oldest)), start);
+        let narrow = Look {
+            from: Some(oldest),
+            expired: false,
+        };
+        assert_eq!(
+            watermark.look(start),
+            narrow,
+            "a backlog: start at its oldest row"
+        );
+
+        let half = start + every / 2;
+        let later = oldest + chrono::TimeDelta::seconds(5);
+        watermark.saw(&found(narrow, Some(later)), half);
+        assert_eq!(
+            watermark.look(half).from,
+            Some(later),
+            "the backlog moved on"
+        );
+
+        let whole_range = Look {
+            from: None,
+            expired: false,
+        };
+        watermark.saw(&found(narrow, None), half);
+        assert_eq!(
+            watermark.look(half),
+            whole_range,
+            "no backlog: from the start"
+        );
+
+        // Once the interval has passed since the last full look, the next one is full again,
+        // backlog or not.
+        watermark.saw(&found(whole_range, Some(later)), half);
+        assert_eq!(watermark.look(start + every), Look::FULL);
+    }
 
     #[test]
     fn reads_a_sp00ky_row_with_a_json_string_payload() {

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::call::{CallContext, Caller};
-use crate::claim::{Claimer, Job};
+use crate::claim::{Claimer, Job, Watermark};
 use crate::config::Backend;
 use crate::failure::Failure;
 use crate::metrics::{Metrics, TableLabels};
@@ -201,6 +201,7 @@ impl Runner {
         let mut more_work = false;
         let mut next_backend = 0usize;
         let mut next_poll = tokio::time::Instant::now();
+        let mut watermarks = vec![Watermark::new(options.poll_interval); self.backends.len()];
         let claim_batch = (options.concurrency / 4).max(1);
         tokio::pin!(shutdown);
         loop {
@@ -251,6 +252,7 @@ impl Runner {
                     &slots,
                     &mut jobs,
                     &mut next_backend,
+                    &mut watermarks,
                     &cancel_rx,
                     shutdown.as_mut(),
                 )
@@ -346,6 +348,7 @@ impl Runner {
         slots: &Slots,
         jobs: &mut JoinSet<()>,
         next_backend: &mut usize,
+        watermarks: &mut [Watermark],
         cancel: &watch::Receiver<bool>,
         mut shutdown: std::pin::Pin<&mut F>,
     ) -> Option<bool> {
@@ -357,14 +360,17 @@ impl Runner {
                 return Some(true);
             }
             // Start with a different backend each round so one busy table cannot starve another.
-            let backend = &self.backends[(*next_backend + offset) % count];
+            let index = (*next_backend + offset) % count;
+            let backend = &self.backends[index];
+            let watermark = &mut watermarks[index];
+            let look = watermark.look(std::time::Instant::now());
             let store = &self.shared.store;
             // The look runs in a task of its own, so that abandoning it leaves the request to
             // finish (dropping a request in flight makes the SDK log an error about it).
             let look = tokio::spawn({
                 let (claimer, store) = (self.claimer.clone(), store.clone());
                 let table = backend.backend.table.clone();
-                async move { claimer.find(&store, &table, room).await }
+                async move { claimer.find(&store, &table, room, look).await }
             });
             let found = tokio::select! {
                 biased;
@@ -372,7 +378,10 @@ impl Runner {
                 found = look => found,
             };
             let claimed = match found {
-                Ok(Ok(found)) => self.claimer.take(store, found, room).await,
+                Ok(Ok(found)) => {
+                    watermark.saw(&found, std::time::Instant::now());
+                    self.claimer.take(store, found, room).await
+                }
                 Ok(Err(e)) => Err(e),
                 Err(e) => {
                     tracing::warn!(backend = %backend.backend.name, error = %e, "looking for due jobs failed");

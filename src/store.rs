@@ -19,6 +19,7 @@ use surrealdb::types::{RecordId, Value};
 use surrealdb::{IndexedResults, Surreal};
 use tokio::sync::watch;
 
+use crate::claim::Look;
 use crate::config::is_identifier;
 use crate::failure::Failure;
 
@@ -122,6 +123,17 @@ pub struct Candidate {
     /// The fencing token seen; the rescue of an expired lease compares against it.
     pub lease_token: String,
     pub due_at: Option<DateTime<Utc>>,
+}
+
+/// What a look at a table found.
+#[derive(Debug, Default)]
+pub struct DueRows {
+    /// Higher priorities first, then priority 0 oldest first, lower priorities, expired leases.
+    pub candidates: Vec<Candidate>,
+    /// `due_at` of the oldest due priority-0 row.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// Whether priority-0 rows filled the limit: more are likely due after them.
+    pub backlog: bool,
 }
 
 /// A claimed row: the id, and the rest of the row as JSON for the lenient reader in `claim`.
@@ -404,7 +416,8 @@ impl Store {
     }
 
     /// Due rows: pending ones by priority (higher first), then oldest first; then processing ones
-    /// whose lease has run out. Non-zero priorities are expected to be the minority: the
+    /// whose lease has run out (when `look.expired`). The priority-0 scan starts at `look.from`
+    /// (see [`crate::claim::Watermark`] for why). Non-zero priorities are expected to be the minority: the
     /// priority-0 rows come straight off the index in order, and the others are first probed
     /// for with a forward `LIMIT 1`. Only when some exist is the `ORDER BY priority DESC` query
     /// run, in a second round trip: a descending scan starts from the end of SurrealKV's
@@ -415,29 +428,50 @@ impl Store {
         table: &str,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Candidate>, StoreError> {
+        look: Look,
+    ) -> Result<DueRows, StoreError> {
         const STATEMENT: &str = "SELECT due rows";
         const FIELDS: &str = "id, status, lease_token, due_at";
         let table = Self::table(table)?;
+        // The planner takes one bound of `due_at` as the index range, the first it reads; the
+        // other is a filter. A narrow look's range is its lower bound.
+        let range = if look.from.is_some() {
+            "due_at >= $from AND due_at <= $now"
+        } else {
+            "due_at <= $now"
+        };
+        let expired = if look.expired {
+            format!(
+                "SELECT {FIELDS} FROM {table} \
+                   WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
+            )
+        } else {
+            String::new()
+        };
         let query = self
             .db
             .query(format!(
                 "SELECT VALUE id FROM {table} \
                    WHERE status = 'pending' AND priority > 0 AND due_at <= $now LIMIT 1; \
                  SELECT {FIELDS} FROM {table} \
-                   WHERE status = 'pending' AND priority = 0 AND due_at <= $now ORDER BY due_at LIMIT $limit; \
+                   WHERE status = 'pending' AND priority = 0 AND {range} \
+                   ORDER BY due_at LIMIT $limit; \
                  SELECT VALUE id FROM {table} \
                    WHERE status = 'pending' AND priority < 0 AND due_at <= $now LIMIT 1; \
-                 SELECT {FIELDS} FROM {table} \
-                   WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
+                 {expired}"
             ))
             .bind(("now", now))
+            .bind(("from", look.from))
             .bind(("limit", limit as i64));
         let mut response = self.exec(STATEMENT, query).await?;
         let higher: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         let normal: Vec<Value> = response.take(1).map_err(query_err(STATEMENT))?;
         let lower: Vec<Value> = response.take(2).map_err(query_err(STATEMENT))?;
-        let expired: Vec<Value> = response.take(3).map_err(query_err(STATEMENT))?;
+        let expired: Vec<Value> = if look.expired {
+            response.take(3).map_err(query_err(STATEMENT))?
+        } else {
+            Vec::new()
+        };
         let (higher, lower) = if higher.is_empty() && lower.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -459,10 +493,9 @@ impl Store {
                 response.take(1).map_err(query_err(STATEMENT))?,
             )
         };
-        let mut candidates = Vec::new();
-        for row in higher.into_iter().chain(normal).chain(lower).chain(expired) {
+        let read = |row: Value| -> Result<Candidate, StoreError> {
             let (id, fields) = split_row(row, STATEMENT)?;
-            candidates.push(Candidate {
+            Ok(Candidate {
                 id,
                 status: fields["status"].as_str().unwrap_or_default().to_string(),
                 lease_token: fields["lease_token"]
@@ -473,9 +506,27 @@ impl Store {
                     .as_str()
                     .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                     .map(|d| d.with_timezone(&Utc)),
-            });
+            })
+        };
+        let normal = normal
+            .into_iter()
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()?;
+        let backlog = normal.len() >= limit;
+        let oldest_pending = normal.first().and_then(|c| c.due_at);
+        let mut candidates = higher
+            .into_iter()
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()?;
+        candidates.extend(normal);
+        for row in lower.into_iter().chain(expired) {
+            candidates.push(read(row)?);
         }
-        Ok(candidates)
+        Ok(DueRows {
+            candidates,
+            oldest_pending,
+            backlog,
+        })
     }
 
     /// Claims pending rows by compare-and-set: a row is taken only if it is still pending and due.

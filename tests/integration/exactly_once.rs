@@ -92,7 +92,15 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
         runner_id: "runner-a".into(),
         lease: Duration::from_secs(60),
     };
-    let claimed = claimer.claim(&store, "job", 3).await.unwrap();
+    let claimed = claimer
+        .claim(
+            &store,
+            "job",
+            3,
+            &mut sp00ky_job_runner::claim::Watermark::new(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 3);
     // Another claim took the third row over (as a lease rescue does).
     let taken_over = &claimed[2];
@@ -121,4 +129,57 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
     let kept = row(&store, &taken_over.id).await;
     assert_eq!(kept["status"], "processing", "{kept}");
     assert_eq!(kept["lease_token"], "someone-else", "{kept}");
+}
+
+/// A look starts where the previous one found work (see `claim::Watermark`). A row that becomes
+/// due below that point, here through a client's own `due_at` an hour back, is not seen by the
+/// narrow looks but by the next full one, an interval later: late by at most that, never lost.
+#[tokio::test]
+async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
+    let store = mem_store().await;
+    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+        .await
+        .unwrap();
+    let create = async |due: &str| -> surrealdb::types::RecordId {
+        let mut response = store
+            .client()
+            .query(format!(
+                "CREATE ONLY job SET path = '/spookify', payload = '{{}}', due_at = time::now() - {due} RETURN VALUE id"
+            ))
+            .await
+            .unwrap();
+        let id: Option<surrealdb::types::RecordId> = response.take(0).unwrap();
+        id.unwrap()
+    };
+    let first = create("2s").await;
+    let second = create("1s").await;
+    let claimer = sp00ky_job_runner::claim::Claimer {
+        runner_id: "runner-a".into(),
+        lease: Duration::from_secs(60),
+    };
+    let every = Duration::from_secs(1);
+    let mut watermark = sp00ky_job_runner::claim::Watermark::new(every);
+    let mut claim_one = async || {
+        let claimed = claimer
+            .claim(&store, "job", 1, &mut watermark)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "one row is due");
+        claimed[0].id.clone()
+    };
+    assert_eq!(claim_one().await, first, "a full look, oldest first");
+
+    let backdated = create("1h").await;
+
+    assert_eq!(
+        claim_one().await,
+        second,
+        "a narrow look starts at the first row's due_at"
+    );
+    tokio::time::sleep(every).await;
+    assert_eq!(
+        claim_one().await,
+        backdated,
+        "the full look, once the interval has passed, finds the older row"
+    );
 }

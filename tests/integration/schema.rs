@@ -80,7 +80,18 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
     // Both the claim query and the probe for non-zero priorities are forward ranges on the index.
     let claim = plan(&store, "SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10").await;
     let probe = plan(&store, "SELECT VALUE id FROM job WHERE status = 'pending' AND priority > 0 AND due_at <= d'2030-01-01T00:00:00Z' LIMIT 1").await;
-    for (what, plan) in [("the claim query", claim), ("the priority probe", probe)] {
+    let narrow = plan(&store, "SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at >= d'2029-01-01T00:00:00Z' AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10").await;
+    // The index range is the first bound of `due_at` the planner reads: each look's own.
+    assert!(claim.contains(r#"['pending', 0] LessThanEqual"#), "{claim}");
+    assert!(
+        narrow.contains(r#"['pending', 0] MoreThanEqual"#),
+        "{narrow}"
+    );
+    for (what, plan) in [
+        ("the claim query", claim),
+        ("the narrow claim query", narrow),
+        ("the priority probe", probe),
+    ] {
         assert!(
             plan.contains("job_due"),
             "{what} does not use the index: {plan}"
