@@ -12,7 +12,9 @@
 //! 4. **I/O-bound throughput**: a backend answering after 50 ms, at the default concurrency,
 //!    against one job at a time (the reference runner's design).
 //! 5. **memory**: peak RSS, and RSS after many jobs against RSS after the first batch (finished
-//!    rows are deleted between batches, so a growing store does not hide a growing runner).
+//!    rows are deleted between batches, so a growing store does not hide a growing runner). In
+//!    the embedded modes the engine lives in this process, so the same batches first go through
+//!    the database alone, and its growth is printed next to the runner's.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,6 +118,11 @@ pub struct ModeResult {
     pub rss_first_batch_mb: f64,
     pub rss_last_batch_mb: f64,
     pub rss_growth_ratio: f64,
+    /// RSS after the last memory batch minus after the first, MiB.
+    pub rss_growth_mb: f64,
+    /// The same, for the same batches through the database alone (embedded modes only): the
+    /// part of `rss_growth_mb` that is the engine's.
+    pub database_alone_rss_growth_mb: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +316,12 @@ async fn run_mode(mode: Mode, store: &Store, args: &BenchArgs) -> Result<ModeRes
     let slow = BenchBackend::start(Duration::from_millis(50)).await;
     let io_bound = drain(store, "bench_io", &slow, args.io_jobs, args.concurrency).await?;
     let serial = drain(store, "bench_serial", &slow, (args.io_jobs / 10).max(20), 1).await?;
+    // In the embedded modes the engine shares the process: measure what it keeps on its own
+    // first. Over WebSocket it is another process.
+    let database_alone = match mode {
+        Mode::Mem | Mode::Surrealkv => Some(memory_database_alone(store, args).await?),
+        Mode::Ws => None,
+    };
     let (first, last) = memory(store, &backend, args).await?;
     Ok(ModeResult {
         mode,
@@ -326,6 +339,8 @@ async fn run_mode(mode: Mode, store: &Store, args: &BenchArgs) -> Result<ModeRes
         rss_first_batch_mb: round(first),
         rss_last_batch_mb: round(last),
         rss_growth_ratio: round(last / first),
+        rss_growth_mb: round(last - first),
+        database_alone_rss_growth_mb: database_alone.map(|(first, last)| round(last - first)),
     })
 }
 
@@ -384,12 +399,24 @@ fn limit_claimer() -> (Claimer, Watermark) {
 async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
     let table = "bench_limit_lockstep";
     load(store, table, args.jobs).await?;
-    let (claimer, mut watermark) = limit_claimer();
     let started = Instant::now();
+    lockstep(store, table, args.jobs, args.concurrency).await?;
+    Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Claims `count` pending jobs of `table`, `concurrency` at a time, and writes their results in
+/// one statement per claim: the database's work for those jobs, without a runner.
+async fn lockstep(
+    store: &Store,
+    table: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<(), BenchError> {
+    let (claimer, mut watermark) = limit_claimer();
     let mut done = 0usize;
-    while done < args.jobs {
+    while done < count {
         let claimed = claimer
-            .claim(store, table, args.concurrency, &mut watermark)
+            .claim(store, table, concurrency, &mut watermark)
             .await?;
         let fences = claimed
             .iter()
@@ -397,7 +424,7 @@ async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchErr
             .collect();
         done += store.write_successes(fences).await?.len();
     }
-    Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
@@ -595,25 +622,50 @@ async fn memory(
     args: &BenchArgs,
 ) -> Result<(f64, f64), BenchError> {
     let table = "bench_memory";
-    store.apply_schema(table).await?;
-    let batches = args.memory_jobs.div_ceil(args.jobs).max(2);
     let runner = runner(store, table, backend, args.concurrency);
     with_runner(runner, async {
-        let mut first = 0.0;
-        for batch in 0..batches {
+        batches(store, table, args, async |count| {
             let answered = backend.answered();
-            for chunk in jobs(args.jobs, |_| "{}".into()).chunks(1_000) {
-                store.enqueue_many(table, chunk.to_vec()).await?;
-            }
-            wait_succeeded(store, table, backend, answered, args.jobs as u64).await?;
-            store.delete_succeeded(table).await?;
-            if batch == 0 {
-                first = rss_mb("VmRSS");
-            }
-        }
-        Ok((first, rss_mb("VmRSS")))
+            wait_succeeded(store, table, backend, answered, count as u64).await
+        })
+        .await
     })
     .await
+}
+
+/// The same batches as [`memory`] through the same claim and result statements, without a
+/// runner: what an embedded engine keeps for the jobs that went through it, measured in the
+/// same process, so the runner's own figure can be told apart from it.
+async fn memory_database_alone(store: &Store, args: &BenchArgs) -> Result<(f64, f64), BenchError> {
+    let table = "bench_memory_database";
+    batches(store, table, args, async |count| {
+        lockstep(store, table, count, args.concurrency).await
+    })
+    .await
+}
+
+/// Inserts `memory_jobs` in batches of `jobs`, lets `process` finish each batch, and deletes the
+/// finished rows; returns the RSS after the first batch and after the last, in MiB.
+async fn batches(
+    store: &Store,
+    table: &str,
+    args: &BenchArgs,
+    mut process: impl AsyncFnMut(usize) -> Result<(), BenchError>,
+) -> Result<(f64, f64), BenchError> {
+    store.apply_schema(table).await?;
+    let batches = args.memory_jobs.div_ceil(args.jobs).max(2);
+    let mut first = 0.0;
+    for batch in 0..batches {
+        for chunk in jobs(args.jobs, |_| "{}".into()).chunks(1_000) {
+            store.enqueue_many(table, chunk.to_vec()).await?;
+        }
+        process(args.jobs).await?;
+        store.delete_succeeded(table).await?;
+        if batch == 0 {
+            first = rss_mb("VmRSS");
+        }
+    }
+    Ok((first, rss_mb("VmRSS")))
 }
 
 fn now_micros() -> u128 {
@@ -679,12 +731,19 @@ fn print_table(result: &ModeResult) {
         result.io_bound_jobs_per_s, result.io_bound_ratio_to_serial, result.serial_jobs_per_s
     );
     println!(
-        "  memory                              peak {:.0} MiB   after first batch {:.0} MiB   after last {:.0} MiB   growth {:.2}x\n",
+        "  memory                              peak {:.0} MiB   after first batch {:.0} MiB   after last {:.0} MiB   growth {:.2}x (+{:.0} MiB)",
         result.peak_rss_mb,
         result.rss_first_batch_mb,
         result.rss_last_batch_mb,
-        result.rss_growth_ratio
+        result.rss_growth_ratio,
+        result.rss_growth_mb
     );
+    if let Some(growth) = result.database_alone_rss_growth_mb {
+        println!(
+            "  memory, database alone              +{growth:.0} MiB over the same batches (the engine shares this process)"
+        );
+    }
+    println!();
 }
 
 /// A zero-latency (or fixed-latency) local HTTP backend that records pickup latency and counts

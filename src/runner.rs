@@ -516,8 +516,8 @@ async fn watch_table(
             }
         };
         loop {
-            let mut stream = match connection.watch_pending(&table).await {
-                Ok(stream) => stream,
+            let mut watch = match connection.watch_pending(&table).await {
+                Ok(watch) => watch,
                 Err(e) => {
                     tracing::warn!(%table, error = %e, "live query unavailable; polling only until it can be re-armed");
                     break;
@@ -529,27 +529,33 @@ async fn watch_table(
             wake.notify_one();
             let refresh = tokio::time::sleep(LIVE_REFRESH);
             tokio::pin!(refresh);
-            loop {
+            let stop = loop {
                 tokio::select! {
-                    item = stream.next() => match item {
+                    item = watch.hints.next() => match item {
                         Some(hint) => {
                             target.hint(hint);
                             wake.notify_one();
                         }
-                        None => break,
+                        None => break false,
                     },
                     changed = reconnects.changed() => {
                         if changed.is_err() {
-                            status.live_armed.fetch_sub(1, Ordering::SeqCst);
-                            return;
+                            break true;
                         }
                         tracing::info!(%table, "re-arming the live query after a reconnect");
-                        break;
+                        break false;
                     }
-                    () = &mut refresh => break,
+                    () = &mut refresh => break false,
                 }
-            }
+            };
             status.live_armed.fetch_sub(1, Ordering::SeqCst);
+            // After a reconnect the query is gone with the old connection, and this fails.
+            if let Err(e) = connection.end_watch(watch).await {
+                tracing::debug!(%table, error = %e, "could not end the previous live query");
+            }
+            if stop {
+                return;
+            }
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));

@@ -125,6 +125,12 @@ pub struct Candidate {
     pub due_at: Option<DateTime<Utc>>,
 }
 
+/// A live query on a table's pending rows: its id on the database, and its hints.
+pub struct Watch {
+    id: surrealdb::types::Value,
+    pub hints: futures::stream::BoxStream<'static, Option<DueHint>>,
+}
+
 /// What a look at a table found.
 #[derive(Debug, Default)]
 pub struct DueRows {
@@ -737,20 +743,23 @@ impl Store {
     /// it is due already: the runner claims such a row straight away, without first asking which
     /// rows are due. Notifications are only ever a hint; the due query stays the source of truth
     /// (notifications can be missed, and a hinted row may be taken by another runner first).
-    pub async fn watch_pending(
-        &self,
-        table: &str,
-    ) -> Result<futures::stream::BoxStream<'static, Option<DueHint>>, StoreError> {
+    ///
+    /// End it with [`Store::end_watch`] on this same store: dropping the stream alone leaves the
+    /// live query running on the database (the SDK kills it from another session, which the
+    /// server refuses), and each one left behind costs the database work on every write to the
+    /// table.
+    pub async fn watch_pending(&self, table: &str) -> Result<Watch, StoreError> {
         const STATEMENT: &str = "LIVE SELECT";
         let table = Self::table(table)?;
         let query = self.db.query(format!(
             "LIVE SELECT id, due_at FROM {table} WHERE status = 'pending'"
         ));
         let mut response = self.exec(STATEMENT, query).await?;
+        let id: surrealdb::types::Value = response.take(0).map_err(query_err(STATEMENT))?;
         let stream = response
             .stream::<surrealdb::Notification<Value>>(0)
             .map_err(query_err(STATEMENT))?;
-        Ok(stream
+        let hints = stream
             .map(|item| {
                 let notification = item.ok()?;
                 match notification.action {
@@ -760,7 +769,18 @@ impl Store {
                     _ => None,
                 }
             })
-            .boxed())
+            .boxed();
+        Ok(Watch { id, hints })
+    }
+
+    /// Ends a live query started by [`Store::watch_pending`] on this store.
+    pub async fn end_watch(&self, watch: Watch) -> Result<(), StoreError> {
+        const STATEMENT: &str = "KILL";
+        let Watch { id, hints } = watch;
+        drop(hints);
+        self.exec(STATEMENT, self.db.query("KILL $id").bind(("id", id)))
+            .await?;
+        Ok(())
     }
 
     /// Creates a pending job the way `db.run` does; returns its id.

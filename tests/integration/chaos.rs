@@ -484,3 +484,24 @@ async fn a_burst_of_notifications_does_not_drop_the_main_connection() {
     assert_eq!((lost, duplicated), (0, 0));
     assert!(!logs.contains("lost the database connection"), "{logs}");
 }
+
+/// Regression: the live query is re-armed every 30 s (and after reconnects). Dropping the SDK's
+/// stream left the old one running on the server (one more per re-arm, each costing the server
+/// work on every write to the table); the runner now ends it on its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_armed_live_query_leaves_one_subscription_on_the_server() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = Server::start().await;
+    for store in [server.store().await, crate::helpers::mem_store().await] {
+        store.apply_schema("job").await.unwrap();
+        let watcher = store.own_connection().await.unwrap();
+        for _ in 0..3 {
+            let watch = watcher.watch_pending("job").await.unwrap();
+            watcher.end_watch(watch).await.unwrap();
+        }
+        let _armed = watcher.watch_pending("job").await.unwrap();
+        let info = store.raw("INFO FOR TABLE job").await.unwrap();
+        let lives = info[0]["lives"].as_object().unwrap();
+        assert_eq!(lives.len(), 1, "{lives:?}");
+    }
+}
