@@ -622,6 +622,7 @@ async fn memory(
     args: &BenchArgs,
 ) -> Result<(f64, f64), BenchError> {
     let table = "bench_memory";
+    store.apply_schema(table).await?;
     let runner = runner(store, table, backend, args.concurrency);
     with_runner(runner, async {
         batches(store, table, args, async |count| {
@@ -638,6 +639,7 @@ async fn memory(
 /// same process, so the runner's own figure can be told apart from it.
 async fn memory_database_alone(store: &Store, args: &BenchArgs) -> Result<(f64, f64), BenchError> {
     let table = "bench_memory_database";
+    store.apply_schema(table).await?;
     batches(store, table, args, async |count| {
         lockstep(store, table, count, args.concurrency).await
     })
@@ -652,7 +654,6 @@ async fn batches(
     args: &BenchArgs,
     mut process: impl AsyncFnMut(usize) -> Result<(), BenchError>,
 ) -> Result<(f64, f64), BenchError> {
-    store.apply_schema(table).await?;
     let batches = args.memory_jobs.div_ceil(args.jobs).max(2);
     let mut first = 0.0;
     for batch in 0..batches {
