@@ -624,10 +624,14 @@ async fn memory(
     let table = "bench_memory";
     store.apply_schema(table).await?;
     let runner = runner(store, table, backend, args.concurrency);
+    // The runner starts on a batch while it is still being inserted, so each batch is counted
+    // from where the previous one ended, not from when the wait begins.
+    let mut answered = backend.answered();
     with_runner(runner, async {
         batches(store, table, args, async |count| {
-            let answered = backend.answered();
-            wait_succeeded(store, table, backend, answered, count as u64).await
+            wait_succeeded(store, table, backend, answered, count as u64).await?;
+            answered += count;
+            Ok(())
         })
         .await
     })
