@@ -423,12 +423,13 @@ impl Store {
 
     /// Due rows: pending ones by priority (higher first), then oldest first; then processing ones
     /// whose lease has run out (when `look.expired`). The priority-0 scan starts at `look.from`
-    /// (see [`crate::claim::Watermark`] for why). Non-zero priorities are expected to be the minority: the
-    /// priority-0 rows come straight off the index in order, and the others are first probed
-    /// for with a forward `LIMIT 1`. Only when some exist is the `ORDER BY priority DESC` query
-    /// run, in a second round trip: a descending scan starts from the end of SurrealKV's
-    /// memtable and walks back to the range (measured: most of an embedded runner's CPU once the
-    /// memtable held a few thousand finished jobs), so the common case never runs one.
+    /// (see [`crate::claim::Watermark`] for why). Non-zero priorities are expected to be the
+    /// minority: the priority-0 rows come straight off the index in order, and the others are
+    /// first probed for with a forward `LIMIT 1`. Only when some exist is the `ORDER BY priority
+    /// DESC` query run, in a second round trip: a descending scan starts from the end of
+    /// SurrealKV's memtable and walks back to the range (measured: most of an embedded runner's
+    /// CPU once the memtable held a few thousand finished jobs), so the common case never runs
+    /// one.
     pub async fn due_candidates(
         &self,
         table: &str,
