@@ -118,10 +118,8 @@ pub struct ModeResult {
     pub rss_first_batch_mb: f64,
     pub rss_last_batch_mb: f64,
     pub rss_growth_ratio: f64,
-    /// RSS after the last memory batch minus after the first, MiB.
-    pub rss_growth_mb: f64,
-    /// The same, for the same batches through the database alone (embedded modes only): the
-    /// part of `rss_growth_mb` that is the engine's.
+    /// RSS after the last batch minus after the first, for the same batches through the
+    /// database alone (embedded modes only): how much of the runner's growth is the engine's.
     pub database_alone_rss_growth_mb: Option<f64>,
 }
 
@@ -339,7 +337,6 @@ async fn run_mode(mode: Mode, store: &Store, args: &BenchArgs) -> Result<ModeRes
         rss_first_batch_mb: round(first),
         rss_last_batch_mb: round(last),
         rss_growth_ratio: round(last / first),
-        rss_growth_mb: round(last - first),
         database_alone_rss_growth_mb: database_alone.map(|(first, last)| round(last - first)),
     })
 }
@@ -366,8 +363,12 @@ fn jobs(count: usize, payload: impl Fn(usize) -> String) -> Vec<NewJob> {
 
 async fn load(store: &Store, table: &str, count: usize) -> Result<(), BenchError> {
     store.apply_schema(table).await?;
-    let all = jobs(count, |_| "{}".into());
-    for chunk in all.chunks(1_000) {
+    insert(store, table, count).await
+}
+
+/// Inserts `count` pending jobs, a thousand per statement.
+async fn insert(store: &Store, table: &str, count: usize) -> Result<(), BenchError> {
+    for chunk in jobs(count, |_| "{}".into()).chunks(1_000) {
         store.enqueue_many(table, chunk.to_vec()).await?;
     }
     Ok(())
@@ -661,9 +662,7 @@ async fn batches(
     let batches = args.memory_jobs.div_ceil(args.jobs).max(2);
     let mut first = 0.0;
     for batch in 0..batches {
-        for chunk in jobs(args.jobs, |_| "{}".into()).chunks(1_000) {
-            store.enqueue_many(table, chunk.to_vec()).await?;
-        }
+        insert(store, table, args.jobs).await?;
         process(args.jobs).await?;
         store.delete_succeeded(table).await?;
         if batch == 0 {
@@ -741,7 +740,7 @@ fn print_table(result: &ModeResult) {
         result.rss_first_batch_mb,
         result.rss_last_batch_mb,
         result.rss_growth_ratio,
-        result.rss_growth_mb
+        result.rss_last_batch_mb - result.rss_first_batch_mb
     );
     if let Some(growth) = result.database_alone_rss_growth_mb {
         println!(

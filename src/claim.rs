@@ -68,8 +68,7 @@ pub struct Found {
     now: DateTime<Utc>,
     look: Look,
     candidates: Vec<Candidate>,
-    /// Where the next look may start: `due_at` of the oldest due priority-0 row seen, when
-    /// they filled the look (a backlog).
+    /// Where the next look may start (see [`DueRows::backlog_from`]).
     backlog_from: Option<DateTime<Utc>>,
 }
 
@@ -189,7 +188,7 @@ impl Claimer {
             now,
             look,
             candidates: due.candidates,
-            backlog_from: due.oldest_pending.filter(|_| due.backlog),
+            backlog_from: due.backlog_from,
         })
     }
 

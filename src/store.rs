@@ -136,10 +136,9 @@ pub struct Watch {
 pub struct DueRows {
     /// Higher priorities first, then priority 0 oldest first, lower priorities, expired leases.
     pub candidates: Vec<Candidate>,
-    /// `due_at` of the oldest due priority-0 row.
-    pub oldest_pending: Option<DateTime<Utc>>,
-    /// Whether priority-0 rows filled the limit: more are likely due after them.
-    pub backlog: bool,
+    /// `due_at` of the oldest due priority-0 row, when such rows filled the limit (a backlog:
+    /// more are likely due after them).
+    pub backlog_from: Option<DateTime<Utc>>,
 }
 
 /// A claimed row: the id, and the rest of the row as JSON for the lenient reader in `claim`.
@@ -515,24 +514,22 @@ impl Store {
                     .map(|d| d.with_timezone(&Utc)),
             })
         };
-        let normal = normal
+        let first_normal = higher.len();
+        let backlog = !normal.is_empty() && normal.len() >= limit;
+        let candidates = higher
             .into_iter()
+            .chain(normal)
+            .chain(lower)
+            .chain(expired)
             .map(read)
             .collect::<Result<Vec<_>, _>>()?;
-        let backlog = normal.len() >= limit;
-        let oldest_pending = normal.first().and_then(|c| c.due_at);
-        let mut candidates = higher
-            .into_iter()
-            .map(read)
-            .collect::<Result<Vec<_>, _>>()?;
-        candidates.extend(normal);
-        for row in lower.into_iter().chain(expired) {
-            candidates.push(read(row)?);
-        }
+        let backlog_from = candidates
+            .get(first_normal)
+            .filter(|_| backlog)
+            .and_then(|c| c.due_at);
         Ok(DueRows {
             candidates,
-            oldest_pending,
-            backlog,
+            backlog_from,
         })
     }
 

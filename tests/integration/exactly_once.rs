@@ -81,17 +81,11 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
 /// alone, while the rest of the batch is written.
 #[tokio::test]
 async fn batched_successes_only_write_rows_whose_lease_they_hold() {
-    let store = mem_store().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
-        .await
-        .unwrap();
+    let store = job_table().await;
     for n in 0..3 {
         insert_job(&store, "job", "/spookify", json!({"id": n}), 3, "linear").await;
     }
-    let claimer = sp00ky_job_runner::claim::Claimer {
-        runner_id: "runner-a".into(),
-        lease: Duration::from_secs(60),
-    };
+    let claimer = claimer_a();
     let claimed = claimer
         .claim(
             &store,
@@ -136,10 +130,7 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
 /// narrow looks but by the next full one, an interval later: late by at most that, never lost.
 #[tokio::test]
 async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
-    let store = mem_store().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
-        .await
-        .unwrap();
+    let store = job_table().await;
     let create = async |due: &str| -> surrealdb::types::RecordId {
         let mut response = store
             .client()
@@ -153,10 +144,7 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
     };
     let first = create("2s").await;
     let second = create("1s").await;
-    let claimer = sp00ky_job_runner::claim::Claimer {
-        runner_id: "runner-a".into(),
-        lease: Duration::from_secs(60),
-    };
+    let claimer = claimer_a();
     let every = Duration::from_secs(1);
     let mut watermark = sp00ky_job_runner::claim::Watermark::new(every);
     let mut claim_one = async || {
@@ -182,4 +170,21 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
         backdated,
         "the full look, once the interval has passed, finds the older row"
     );
+}
+
+/// An embedded store with the `job` table ready.
+async fn job_table() -> sp00ky_job_runner::store::Store {
+    let store = mem_store().await;
+    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+        .await
+        .unwrap();
+    store
+}
+
+/// A claimer with a lease that outlasts any test.
+fn claimer_a() -> sp00ky_job_runner::claim::Claimer {
+    sp00ky_job_runner::claim::Claimer {
+        runner_id: "runner-a".into(),
+        lease: Duration::from_secs(60),
+    }
 }
