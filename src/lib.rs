@@ -2,43 +2,32 @@
 //!
 //! # Layout
 //!
-//! The life of one job, in the order it happens:
+//! Dependencies point down this list: a module uses the ones below it, never one above.
 //!
-//! - [`config`]: load the backends from `sp00ky.yml` or `SPKY_JOB_CONFIG`.
-//! - [`claim`]: find due rows and take each one by compare-and-set; read the row.
-//! - [`validate`]: check the row's path and payload against the OpenAPI spec; build the request.
-//! - [`call`]: send it to the backend.
-//! - [`record`]: decide success, retry or failure, and write it back, fenced by the claim token.
-//!
-//! Around them:
-//!
-//! - [`store`]: the only module that speaks SurrealQL.
-//! - [`failure`]: the stable shape of an attempt's error, and retryable vs permanent.
-//! - [`retry`]: the delay formula.
-//! - [`runner`]: the loop, concurrency, leases and shutdown.
-//! - [`serve`]: health, metrics and the admin API over HTTP; [`admin`]: the operator actions
-//!   behind that API and the `jobs` commands; [`metrics`]: what `/metrics` shows.
-//! - [`schedule`]: recurring jobs and when they fire; [`scheduler`]: creating their rows.
-//! - [`bench`]: the benchmark command.
-//! - [`dev`]: `dev` mode, the runner plus each backend's dev command.
-//! - [`cli`] and [`app`]: arguments, and the commands built from them; [`logging`]: log setup.
+//! - [`commands`]: what a user starts. `args` (flags as given), `settings` (flags, environment
+//!   and file merged once), `service` (`run`: tables, runner, listener, systemd), `check`,
+//!   `jobs` (the CLI's job verbs), `dev`, `bench/`, `logging`.
+//! - [`ops`]: what an operator sees while it runs: `listener` (health, readiness, metrics and the
+//!   admin API over HTTP), `admin` (the verbs behind that API and the `jobs` commands),
+//!   `metrics`.
+//! - [`schedule`]: recurring jobs, when they fire (`mod.rs`) and creating their rows
+//!   (`scheduler`).
+//! - [`runner`]: the loop. `mod.rs` claims while there is room; `slots` bounds concurrency;
+//!   `watch` turns live-query notifications into wake-ups; `status` is what health and metrics
+//!   read.
+//! - [`job`]: the life of one job, in the order it happens: `claim` → `row` → `validate` →
+//!   `call` → `record`, tied together by `attempt`; with `failure` (the error shape) and
+//!   `retry` (the delay formula).
+//! - [`config`]: the backends, from `sp00ky.yml` or `SPKY_JOB_CONFIG`, and every default and
+//!   range (`limits`).
+//! - [`store`]: the only module that speaks SurrealQL: `queue` (the hot path: find, claim,
+//!   renew, write back, watch), `jobs` (create, read, list, retry, cancel, count), `schema`
+//!   (the table definition, inspection and preparation), `schedules` (the scheduler's ticks).
 
-pub mod admin;
-pub mod app;
-pub mod bench;
-pub mod call;
-pub mod claim;
-pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod dev;
-pub mod failure;
-pub mod logging;
-pub mod metrics;
-pub mod record;
-pub mod retry;
+pub mod job;
+pub mod ops;
 pub mod runner;
 pub mod schedule;
-pub mod scheduler;
-pub mod serve;
 pub mod store;
-pub mod validate;

@@ -3,15 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sp00ky_job_runner::cli::{self, Cli};
-use sp00ky_job_runner::{app, config, logging};
+use sp00ky_job_runner::commands::args::{self, Cli};
+use sp00ky_job_runner::commands::{self, logging};
+use sp00ky_job_runner::config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Some(cli::Command::Bench(_)));
+    let quiet = matches!(cli.command, Some(args::Command::Bench(_)));
     logging::init(cli.global.log_format, quiet);
-    match app::main(cli, &config::process_env).await {
+    match commands::main(cli, &config::process_env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sp00ky_job_runner::store::Store;
 use surrealdb::types::{RecordId, ToSql};
 
-use crate::helpers::{Recorded, Reply, TestBackend, count_status, row, wait_until};
+use crate::helpers::{Raw, Recorded, Reply, TestBackend, count_status, row, wait_until};
 use crate::processes::*;
 
 fn per_job(requests: &[Recorded]) -> HashMap<String, usize> {

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sp00ky_job_runner::config::{self, ConfigError, Origin};
-use sp00ky_job_runner::retry::RetryPolicy;
-use sp00ky_job_runner::validate::Routes;
+use sp00ky_job_runner::job::retry::RetryPolicy;
+use sp00ky_job_runner::job::validate::Routes;
 
 use crate::helpers::fixture;
 
@@ -63,7 +63,7 @@ fn documented_shape_loads_and_skips_non_outbox_backends() {
     let api = &config.backends[0];
     assert_eq!(api.table, "api_job");
     assert_eq!(api.base_url.as_str(), "http://127.0.0.1:3660/v1");
-    assert_eq!(api.timeout, config::DEFAULT_TIMEOUT);
+    assert_eq!(api.timeout, config::limits::TIMEOUT);
     assert!(!api.timeout_overridable);
 }
 

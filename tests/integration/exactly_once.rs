@@ -13,22 +13,17 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
     const JOBS: usize = 500;
     let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(2))).await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job"))
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
         .await
         .unwrap();
     let mut ids = Vec::new();
     // Half before the runners start, half while they run.
     for n in 0..JOBS / 2 {
         ids.push(
-            insert_job(
-                &store,
-                "job",
-                "/spookify",
-                json!({"id": format!("t{n}")}),
-                3,
-                "linear",
-            )
-            .await,
+            job("/spookify")
+                .payload(json!({"id": format!("t{n}")}))
+                .insert(&store)
+                .await,
         );
     }
     let first = start_runner(
@@ -45,15 +40,10 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
     .await;
     for n in JOBS / 2..JOBS {
         ids.push(
-            insert_job(
-                &store,
-                "job",
-                "/spookify",
-                json!({"id": format!("t{n}")}),
-                3,
-                "linear",
-            )
-            .await,
+            job("/spookify")
+                .payload(json!({"id": format!("t{n}")}))
+                .insert(&store)
+                .await,
         );
     }
     wait_until("all jobs to succeed", Duration::from_secs(120), || async {
@@ -83,7 +73,10 @@ async fn two_runners_run_each_of_500_jobs_exactly_once() {
 async fn batched_successes_only_write_rows_whose_lease_they_hold() {
     let store = job_table().await;
     for n in 0..3 {
-        insert_job(&store, "job", "/spookify", json!({"id": n}), 3, "linear").await;
+        job("/spookify")
+            .payload(json!({"id": n}))
+            .insert(&store)
+            .await;
     }
     let claimer = claimer_a();
     let claimed = claimer
@@ -91,7 +84,7 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
             &store,
             "job",
             3,
-            &mut sp00ky_job_runner::claim::Watermark::new(Duration::from_secs(1)),
+            &mut sp00ky_job_runner::job::claim::Watermark::new(Duration::from_secs(1)),
         )
         .await
         .unwrap();
@@ -146,7 +139,7 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
     let second = create("1s").await;
     let claimer = claimer_a();
     let every = Duration::from_secs(1);
-    let mut watermark = sp00ky_job_runner::claim::Watermark::new(every);
+    let mut watermark = sp00ky_job_runner::job::claim::Watermark::new(every);
     let mut claim_one = async || {
         let claimed = claimer
             .claim(&store, "job", 1, &mut watermark)
@@ -175,16 +168,13 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
 /// An embedded store with the `job` table ready.
 async fn job_table() -> sp00ky_job_runner::store::Store {
     let store = mem_store().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
         .await
         .unwrap();
     store
 }
 
 /// A claimer with a lease that outlasts any test.
-fn claimer_a() -> sp00ky_job_runner::claim::Claimer {
-    sp00ky_job_runner::claim::Claimer {
-        runner_id: "runner-a".into(),
-        lease: Duration::from_secs(60),
-    }
+fn claimer_a() -> sp00ky_job_runner::job::claim::Claimer {
+    sp00ky_job_runner::job::claim::Claimer::new("runner-a", Duration::from_secs(60))
 }

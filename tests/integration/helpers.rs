@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sp00ky_job_runner::config;
-use sp00ky_job_runner::retry::RetryPolicy;
+use sp00ky_job_runner::job::retry::RetryPolicy;
+use sp00ky_job_runner::job::validate::Routes;
 use sp00ky_job_runner::runner::{BackendRuntime, Runner, RunnerOptions};
 use sp00ky_job_runner::store::{DbSettings, Store};
-use sp00ky_job_runner::validate::Routes;
 use surrealdb::types::{RecordId, ToSql};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -256,6 +256,7 @@ pub fn fast_options(runner_id: &str) -> RunnerOptions {
         lease: Duration::from_secs(15),
         shutdown_grace: Duration::from_secs(5),
         runner_id: runner_id.into(),
+        clock_offset: chrono::TimeDelta::zero(),
     }
 }
 
@@ -265,7 +266,7 @@ pub async fn start_runner(
     backends: Vec<BackendRuntime>,
     options: RunnerOptions,
 ) -> TestRunner {
-    sp00ky_job_runner::app::prepare_tables(store, &backends)
+    sp00ky_job_runner::commands::prepare_tables(store, &backends)
         .await
         .expect("tables are ready");
     let runner = Runner::new(store.clone(), backends, options);
@@ -279,27 +280,69 @@ pub async fn start_runner(
     }
 }
 
-/// Writes a job row the way a Sp00ky client does: `CREATE ONLY job:<hex> SET ...` with the
-/// payload as a JSON string.
-pub async fn insert_job(
-    store: &Store,
-    table: &str,
-    path: &str,
+/// A job as a Sp00ky client writes it (`payload` a JSON string), with the contract's defaults:
+/// `job("/spookify").payload(json!({"id": "t"})).max_retries(0).insert(&store).await`.
+pub fn job(path: &str) -> NewRow {
+    NewRow {
+        path: path.into(),
+        payload: json!({}),
+        max_retries: 3,
+        strategy: "linear".into(),
+    }
+}
+
+/// A job row to insert; see [`job`].
+pub struct NewRow {
+    path: String,
     payload: Value,
     max_retries: u32,
-    strategy: &str,
-) -> RecordId {
-    insert_row(
-        store,
-        table,
-        json!({
-            "path": path,
-            "payload": payload.to_string(),
-            "max_retries": max_retries,
-            "retry_strategy": strategy,
-        }),
-    )
-    .await
+    strategy: String,
+}
+
+impl NewRow {
+    pub fn payload(mut self, payload: Value) -> NewRow {
+        self.payload = payload;
+        self
+    }
+
+    pub fn max_retries(mut self, max_retries: u32) -> NewRow {
+        self.max_retries = max_retries;
+        self
+    }
+
+    pub fn strategy(mut self, strategy: &str) -> NewRow {
+        self.strategy = strategy.into();
+        self
+    }
+
+    pub async fn insert(self, store: &Store) -> RecordId {
+        let fields = json!({
+            "path": self.path,
+            "payload": self.payload.to_string(),
+            "max_retries": self.max_retries,
+            "retry_strategy": self.strategy,
+        });
+        insert_row(store, "job", fields).await
+    }
+}
+
+/// Runs SurrealQL the runner never sends (test set-up and inspection): one JSON value per
+/// statement.
+#[allow(async_fn_in_trait)]
+pub trait Raw {
+    async fn raw(&self, statements: &str) -> surrealdb::Result<Vec<Value>>;
+}
+
+impl Raw for Store {
+    async fn raw(&self, statements: &str) -> surrealdb::Result<Vec<Value>> {
+        let mut response = self.client().query(statements).await?.check()?;
+        let mut out = Vec::new();
+        for index in 0..response.num_statements() {
+            let value: surrealdb::types::Value = response.take(index)?;
+            out.push(value.into_json_value());
+        }
+        Ok(out)
+    }
 }
 
 /// Creates a row with exactly the given fields.

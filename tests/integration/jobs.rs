@@ -20,15 +20,10 @@ async fn success_sends_every_header_and_records_success() {
     )
     .await;
 
-    let id = insert_job(
-        &store,
-        "job",
-        "/spookify",
-        json!({"id": "thread:1"}),
-        3,
-        "linear",
-    )
-    .await;
+    let id = job("/spookify")
+        .payload(json!({"id": "thread:1"}))
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -91,15 +86,10 @@ async fn invalid_payload_fails_without_a_request() {
     let backend = TestBackend::ok().await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(
-        &store,
-        "job",
-        "/spookify",
-        json!({"count": -1}),
-        3,
-        "linear",
-    )
-    .await;
+    let id = job("/spookify")
+        .payload(json!({"count": -1}))
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -125,15 +115,11 @@ async fn path_templates_are_filled_from_the_payload() {
     let backend = TestBackend::ok().await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(
-        &store,
-        "job",
-        "/threads/{id}/summary",
-        json!({"id": "a b/../c?d"}),
-        0,
-        "linear",
-    )
-    .await;
+    let id = job("/threads/{id}/summary")
+        .payload(json!({"id": "a b/../c?d"}))
+        .max_retries(0)
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -155,15 +141,11 @@ async fn server_errors_are_retried_until_success() {
     .await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(
-        &store,
-        "job",
-        "/spookify",
-        json!({"id": "t"}),
-        3,
-        "exponential",
-    )
-    .await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .strategy("exponential")
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -212,7 +194,11 @@ async fn client_errors_are_permanent() {
             .await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 5, "linear").await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .max_retries(5)
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -236,7 +222,11 @@ async fn retries_stop_after_max_retries() {
     let backend = TestBackend::start(|_, _| Reply::status(502)).await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 2, "linear").await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .max_retries(2)
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -253,7 +243,11 @@ async fn max_retries_zero_means_a_single_attempt() {
     let backend = TestBackend::start(|_, _| Reply::status(500)).await;
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 0, "linear").await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .max_retries(0)
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -273,7 +267,10 @@ async fn retry_after_delays_the_next_attempt() {
     // Base 50 ms: without the header the retry would come almost at once.
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 3, "linear").await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -328,7 +325,11 @@ async fn refused_connections_are_transport_failures() {
     )
     .await;
 
-    let id = insert_job(&store, "job", "/spookify", json!({"id": "t"}), 1, "linear").await;
+    let id = job("/spookify")
+        .payload(json!({"id": "t"}))
+        .max_retries(1)
+        .insert(&store)
+        .await;
     let done = wait_final(&store, &id, WAIT).await;
     runner.stop().await;
 
@@ -342,21 +343,16 @@ async fn refused_connections_are_transport_failures() {
 async fn rows_written_before_the_runner_starts_are_run_oldest_first() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job"))
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
         .await
         .unwrap();
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(
-            insert_job(
-                &store,
-                "job",
-                "/spookify",
-                json!({"id": format!("t{n}")}),
-                3,
-                "linear",
-            )
-            .await,
+            job("/spookify")
+                .payload(json!({"id": format!("t{n}")}))
+                .insert(&store)
+                .await,
         );
         // Distinct creation times make "oldest first" observable.
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sp00ky_job_runner::admin::Admin;
+use sp00ky_job_runner::ops::admin::Admin;
+use sp00ky_job_runner::ops::listener::{self, OpsState};
 use sp00ky_job_runner::runner::Runner;
-use sp00ky_job_runner::serve::{self, OpsState};
 use sp00ky_job_runner::store::Store;
 
 use crate::helpers::*;
@@ -24,7 +24,7 @@ async fn serve_ops(store: &Store, runner: &Runner, token: Option<&str>) -> Strin
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve::serve(listener, state, std::future::pending()));
+    tokio::spawn(listener::serve(listener, state, std::future::pending()));
     url
 }
 
@@ -81,7 +81,7 @@ async fn health_readiness_and_metrics_after_known_jobs() {
     })
     .await;
     let backends = backends(&backend.url, "job");
-    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
         .await
         .unwrap();
     let runner = Runner::new(store.clone(), backends, fast_options("metrics"));
@@ -94,7 +94,13 @@ async fn health_readiness_and_metrics_after_known_jobs() {
 
     let mut ids = Vec::new();
     for id in ["a", "b", "missing"] {
-        ids.push(insert_job(&store, "job", "/spookify", json!({"id": id}), 0, "linear").await);
+        ids.push(
+            job("/spookify")
+                .payload(json!({"id": id}))
+                .max_retries(0)
+                .insert(&store)
+                .await,
+        );
     }
     for id in &ids {
         wait_final(&store, id, Duration::from_secs(20)).await;
@@ -200,7 +206,7 @@ async fn health_readiness_and_metrics_after_known_jobs() {
 async fn the_admin_api_needs_the_right_token() {
     let store = mem_store().await;
     let backends = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
         .await
         .unwrap();
     let runner = Runner::new(store.clone(), backends, fast_options("admin"));
@@ -248,23 +254,23 @@ async fn the_admin_api_needs_the_right_token() {
         200
     );
 
-    assert!(serve::check_exposure(&"0.0.0.0:8787".parse().unwrap(), None).is_err());
+    assert!(listener::check_exposure(&"0.0.0.0:8787".parse().unwrap(), None).is_err());
     assert!(
-        serve::check_exposure(
+        listener::check_exposure(
             &"0.0.0.0:8787".parse().unwrap(),
             Some(&SecretString::from("t"))
         )
         .is_ok()
     );
-    assert!(serve::check_exposure(&"127.0.0.1:8787".parse().unwrap(), None).is_ok());
-    assert!(serve::check_exposure(&"[::1]:8787".parse().unwrap(), None).is_ok());
+    assert!(listener::check_exposure(&"127.0.0.1:8787".parse().unwrap(), None).is_ok());
+    assert!(listener::check_exposure(&"[::1]:8787".parse().unwrap(), None).is_ok());
 }
 
 #[tokio::test]
 async fn admin_verbs_and_malformed_requests() {
     let store = mem_store().await;
     let backends = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::app::prepare_tables(&store, &backends)
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
         .await
         .unwrap();
     let runner = Runner::new(store.clone(), backends, fast_options("admin"));

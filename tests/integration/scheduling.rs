@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sp00ky_job_runner::admin::{Admin, EnqueueRequest};
+use sp00ky_job_runner::ops::admin::{Admin, EnqueueRequest};
 use std::sync::Arc;
 
 use crate::helpers::*;
@@ -21,15 +21,11 @@ async fn delayed_jobs_wait_then_run_promptly() {
         json!({"path": "/spookify", "payload": "{\"id\":\"later\"}", "delay": 1500}),
     )
     .await;
-    let now = insert_job(
-        &store,
-        "job",
-        "/spookify",
-        json!({"id": "now"}),
-        0,
-        "linear",
-    )
-    .await;
+    let now = job("/spookify")
+        .payload(json!({"id": "now"}))
+        .max_retries(0)
+        .insert(&store)
+        .await;
     assert_eq!(
         wait_final(&store, &now, Duration::from_secs(20)).await["status"],
         "success"
@@ -60,7 +56,7 @@ async fn delayed_jobs_wait_then_run_promptly() {
 async fn enqueue_accepts_delay_run_at_and_priority() {
     let store = mem_store().await;
     let runtimes = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::app::prepare_tables(&store, &runtimes)
+    sp00ky_job_runner::commands::prepare_tables(&store, &runtimes)
         .await
         .unwrap();
     let admin = Admin::new(
@@ -120,7 +116,7 @@ async fn enqueue_accepts_delay_run_at_and_priority() {
 async fn priorities_order_due_jobs() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    sp00ky_job_runner::app::prepare_tables(&store, &backends(&backend.url, "job"))
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
         .await
         .unwrap();
     let plan: Vec<(&str, i64)> = vec![
@@ -174,7 +170,11 @@ async fn priorities_order_due_jobs() {
     assert_eq!(plain[..3], ["plain-1", "plain-2", "plain-3"]);
 }
 
-fn schedule(name: &str, expression: &str, missed: &str) -> sp00ky_job_runner::scheduler::Planned {
+pub(crate) fn schedule(
+    name: &str,
+    expression: &str,
+    missed: &str,
+) -> sp00ky_job_runner::schedule::scheduler::Planned {
     let yaml = format!(
         "backends:\n  api:\n    baseUrl: http://127.0.0.1:9\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n    schedules:\n      - name: {name}\n        schedule: \"{expression}\"\n        path: /spookify\n        payload: {{id: tick}}\n        missed: {missed}\n"
     );
@@ -183,10 +183,10 @@ fn schedule(name: &str, expression: &str, missed: &str) -> sp00ky_job_runner::sc
         sp00ky_job_runner::config::Origin::File("s.yml".into()),
         &fixture(""),
         &|_| None,
-        sp00ky_job_runner::retry::RetryPolicy::default(),
+        sp00ky_job_runner::job::retry::RetryPolicy::default(),
     )
     .unwrap();
-    sp00ky_job_runner::scheduler::Planned {
+    sp00ky_job_runner::schedule::scheduler::Planned {
         table: "job".into(),
         schedule: config.backends[0].schedules[0].clone(),
     }
@@ -202,7 +202,11 @@ async fn tick_rows(store: &sp00ky_job_runner::store::Store, name: &str) -> Vec<i
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|key| key.as_str()?.strip_prefix(&prefix)?.parse().ok())
+        .filter_map(|key| {
+            let rest = key.as_str()?.strip_prefix(&prefix)?;
+            // `<unix seconds>_<random suffix>`
+            rest.split('_').next()?.parse().ok()
+        })
         .collect();
     ticks.sort();
     ticks
@@ -218,7 +222,7 @@ async fn three_runners_create_exactly_one_row_per_tick() {
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(sp00ky_job_runner::scheduler::run(
+        tasks.push(tokio::spawn(sp00ky_job_runner::schedule::scheduler::run(
             store.clone(),
             vec![plan.clone()],
             async move {
@@ -249,11 +253,14 @@ async fn three_runners_create_exactly_one_row_per_tick() {
             "one row per second, no gap and no duplicate: {ticks:?}"
         );
     }
-    let first = row(
-        &store,
-        &surrealdb::types::RecordId::new("job", format!("sched_every_second_{}", ticks[0])),
-    )
-    .await;
+    let first = store
+        .raw(&format!(
+            "SELECT * FROM ONLY job WHERE schedule = 'every_second' AND due_at = <datetime> '{}' LIMIT 1",
+            chrono::DateTime::from_timestamp(ticks[0], 0).unwrap().to_rfc3339()
+        ))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(first["payload"], "{\"id\":\"tick\"}");
     assert_eq!(first["status"], "pending");
 }
@@ -273,7 +280,7 @@ async fn missed_ticks_run_once_or_are_skipped() {
             .await
             .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sp00ky_job_runner::scheduler::run(
+        let task = tokio::spawn(sp00ky_job_runner::schedule::scheduler::run(
             store.clone(),
             vec![plan],
             async move {
@@ -318,16 +325,16 @@ fn invalid_schedules_fail_at_load() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
         std::fs::write(dir.path().join("sp00ky.yml"), yaml).unwrap();
-        let global = sp00ky_job_runner::cli::GlobalArgs {
+        let global = sp00ky_job_runner::commands::args::GlobalArgs {
             config: dir.path().join("sp00ky.yml"),
             db: None,
             namespace: None,
             database: None,
             user: None,
             pass: None,
-            log_format: sp00ky_job_runner::cli::LogFormat::Text,
+            log_format: sp00ky_job_runner::commands::args::LogFormat::Text,
         };
-        sp00ky_job_runner::app::load_backends(&global, Default::default(), &|_| None)
+        sp00ky_job_runner::commands::load_backends(&global, Default::default(), &|_| None)
             .err()
             .map(|e| e.to_string())
     };

@@ -1,14 +1,14 @@
 //! The shipped schema: start-up inspection, the claim index, and what a signed-in app user may do.
 
 use serde_json::json;
-use sp00ky_job_runner::app::{AppError, prepare_tables};
+use sp00ky_job_runner::commands::{AppError, prepare_tables};
 use sp00ky_job_runner::store;
 use surrealdb::opt::auth::Record;
 
 use crate::helpers::*;
 
 /// Sp00ky's own example table, without the runner's bookkeeping fields.
-const SP00KY_TABLE: &str = "
+pub(crate) const SP00KY_TABLE: &str = "
 DEFINE TABLE job SCHEMAFULL PERMISSIONS FOR select, create WHERE $auth != NONE FOR update, delete NONE;
 DEFINE FIELD path ON job TYPE string;
 DEFINE FIELD payload ON job TYPE any;

@@ -1,0 +1,252 @@
+//! Command-line arguments as the user gave them. Nothing here does I/O; [`crate::commands`] resolves
+//! them (with the environment and the config file) into what the commands run with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::limits;
+use crate::job::retry::Strategy;
+
+/// Executes Sp00ky outbox jobs stored in SurrealDB.
+#[derive(Debug, Parser)]
+#[command(name = "sp00ky-job-runner", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// The sp00ky.yml to read (ignored when SPKY_JOB_CONFIG is set).
+    #[arg(long, global = true, env = "SPKY_CONFIG", default_value = "sp00ky.yml")]
+    pub config: PathBuf,
+    /// SurrealDB endpoint: ws://, wss://, http://, https://, mem://, surrealkv://PATH
+    /// [env: SPKY_DB_WS, SPKY_DB_URL; default: surrealkv://.sp00ky/db].
+    #[arg(long, global = true)]
+    pub db: Option<String>,
+    /// SurrealDB namespace [env: SPKY_DB_NS; else sp00ky.yml surrealdb.namespace; default: main].
+    #[arg(long, global = true)]
+    pub namespace: Option<String>,
+    /// SurrealDB database [env: SPKY_DB_NAME; else sp00ky.yml surrealdb.database; default: main].
+    #[arg(long, global = true)]
+    pub database: Option<String>,
+    /// SurrealDB root user [env: SPKY_DB_USER].
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// SurrealDB password [env: SPKY_DB_PASS]; prefer the variable, a flag is visible in `ps`.
+    #[arg(long, global = true)]
+    pub pass: Option<String>,
+    /// Log format: readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs until stopped (the default).
+    Run(RunArgs),
+    /// Measure the runner against SurrealDB's own limit (see BENCHMARKS.md).
+    Bench(crate::commands::bench::BenchArgs),
+    /// Run jobs, and beside them every backend's `dev` command from sp00ky.yml.
+    Dev(RunArgs),
+    /// Load the config and specs, connect, inspect the tables, print what the runner would serve.
+    Check,
+    /// Print (or apply) the job table schema.
+    Schema(SchemaArgs),
+    /// Create a job the way a Sp00ky client's db.run does, after the same checks; prints its id.
+    Enqueue(EnqueueArgs),
+    /// Exit 0 when a running runner's /healthz answers (for container health checks).
+    Health {
+        /// The runner's listener [default: SPKY_RUNNER_LISTEN, else 127.0.0.1:8787].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Inspect and repair jobs directly in the database (the admin API's verbs).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// One page of jobs, in id order; pass the printed `next_cursor` as --cursor for the next.
+    List {
+        /// The job table (needed when several are configured).
+        #[arg(long)]
+        table: Option<String>,
+        /// pending, processing, success or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job, with its errors.
+    Show { id: String },
+    /// Put a failed job back to pending with a fresh attempt budget (its errors are kept).
+    Retry { id: String },
+    /// End a pending job as failed, with a `cancelled` error.
+    Cancel { id: String },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Backend calls running at once, across all backends (each result is written after its
+    /// call's slot is freed, with at most as many writes pending).
+    #[arg(long, env = "SPKY_RUNNER_CONCURRENCY", default_value_t = limits::CONCURRENCY,
+          value_parser = parse_concurrency)]
+    pub concurrency: usize,
+    /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
+    #[arg(long, value_parser = |s: &str| limits::POLL_INTERVAL.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(limits::POLL_INTERVAL.default))]
+    pub poll_interval: FlagDuration,
+    /// How long a claim holds without renewal; a crashed runner's jobs are rescued after this.
+    #[arg(long, value_parser = |s: &str| limits::LEASE.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(limits::LEASE.default))]
+    pub lease: FlagDuration,
+    /// How long in-flight jobs may finish after SIGINT/SIGTERM before they are put back.
+    #[arg(long, value_parser = |s: &str| limits::SHUTDOWN_GRACE.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(limits::SHUTDOWN_GRACE.default))]
+    pub shutdown_grace: FlagDuration,
+    /// First retry delay, for backends that do not set `retry.baseMs`.
+    #[arg(long, value_parser = |s: &str| limits::RETRY_BASE.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(limits::RETRY_BASE.default))]
+    pub retry_base: FlagDuration,
+    /// Longest retry delay, for backends that do not set `retry.maxDelayMs`.
+    #[arg(long, value_parser = |s: &str| limits::RETRY_CAP.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(limits::RETRY_CAP.default))]
+    pub retry_cap: FlagDuration,
+    /// Where /healthz, /readyz, /metrics and the admin API listen. Anything but loopback needs an
+    /// admin token.
+    #[arg(long, env = "SPKY_RUNNER_LISTEN", default_value = limits::LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the admin API's bearer token (else env SPKY_RUNNER_ADMIN_TOKEN; without
+    /// either, the admin API is off).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs::parse_from_defaults()
+    }
+}
+
+impl RunArgs {
+    fn parse_from_defaults() -> RunArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Wrapper::parse_from(["run"]).args
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SchemaArgs {
+    /// The table to define (default: every configured job table, or `job` without a config).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Apply it to the database (idempotent) instead of printing it.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EnqueueArgs {
+    /// The backend's name in the configuration.
+    pub backend: String,
+    /// A route of the backend's spec, e.g. /spookify.
+    pub path: String,
+    /// The payload as JSON.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    #[arg(long, default_value_t = limits::MAX_RETRIES)]
+    pub max_retries: u32,
+    /// linear or exponential.
+    #[arg(long, value_enum, default_value_t = Strategy::Linear)]
+    pub retry_strategy: Strategy,
+    /// The record this job concerns, e.g. thread:abc.
+    #[arg(long)]
+    pub assigned_to: Option<String>,
+    /// Per-job timeout in seconds (honoured when the backend allows it).
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// Wait this long before the first attempt (e.g. 30s, 5m).
+    #[arg(long, value_parser = |s: &str| limits::DELAY.parse(s), conflicts_with = "run_at")]
+    pub delay: Option<Duration>,
+    /// Run no earlier than this RFC 3339 time (e.g. 2026-12-24T18:00:00Z).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Higher runs first among due jobs of the table (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+}
+
+/// `--concurrency`, within its range.
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    let range = limits::CONCURRENCY_RANGE;
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a whole number from {} to {}",
+                range.start(),
+                range.end()
+            )
+        })
+}
+
+/// A duration flag: parsed (and range-checked) by its [`limits`] setting, shown in `--help` as
+/// humantime writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagDuration(pub Duration);
+
+impl std::fmt::Display for FlagDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_defaults() {
+        let args = RunArgs::default();
+        assert_eq!(args.lease.0, Duration::from_secs(15));
+        assert_eq!(args.poll_interval.0, Duration::from_secs(1));
+        assert_eq!(args.lease.0, limits::LEASE.default);
+        assert_eq!(args.poll_interval.0, limits::POLL_INTERVAL.default);
+        assert_eq!(args.retry_cap.0, limits::RETRY_CAP.default);
+        assert_eq!(args.concurrency, limits::CONCURRENCY);
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_with_the_flag_and_range() {
+        for (flag, value) in [
+            ("--lease", "1e20"),
+            ("--retry-cap", "100000000h"),
+            ("--poll-interval", "0"),
+            ("--concurrency", "0"),
+        ] {
+            let err = Cli::try_parse_from(["sp00ky-job-runner", "run", flag, value]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(flag), "{flag} {value}: {text}");
+        }
+    }
+}

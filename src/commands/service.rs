@@ -1,0 +1,260 @@
+//! `run`: prepare the tables, then serve every configured backend (the runner, the scheduler,
+//! the operations listener and systemd notifications) until a shutdown signal.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use super::args::{GlobalArgs, RunArgs};
+use super::error::AppError;
+use super::settings::{connect, load_backends};
+use crate::config::{self, Backend, ConfigError, EnvLookup};
+use crate::job::retry::RetryPolicy;
+use crate::ops::admin::Admin;
+use crate::ops::listener::OpsState;
+use crate::runner::{BackendRuntime, Runner, RunnerOptions, RunnerStatus};
+use crate::schedule::scheduler::{self, Planned};
+use crate::store::{self, Store};
+
+/// What the start-up inspection found for one table.
+pub enum TableState {
+    Ready,
+    /// Missing; the runner creates it from the shipped schema.
+    Missing,
+}
+
+/// Inspects the table of `backend`: a table that lacks fields the runner writes is refused with
+/// the exact statements to apply. A backend with schedules also writes `schedule`.
+pub async fn inspect_table(store: &Store, backend: &Backend) -> Result<TableState, AppError> {
+    let table = backend.table.as_str();
+    let info = store.table_info(table).await?;
+    if !info.exists {
+        return Ok(TableState::Missing);
+    }
+    // `due_at` and `priority` must be defined even on a schemaless table: their DEFAULTs are what
+    // put a row written by a Sp00ky client into the claim query.
+    let mut missing: Vec<&str> = Vec::new();
+    let schedule_field = (!backend.schedules.is_empty()).then_some(&store::SCHEDULE_FIELD);
+    for field in store::RUNNER_FIELDS
+        .iter()
+        .chain(&store::QUEUE_FIELDS)
+        .chain(schedule_field)
+    {
+        let needed = info.schemafull || store::QUEUE_FIELDS.contains(field);
+        if needed && !info.fields.contains_key(*field) && !missing.contains(field) {
+            missing.push(field);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(AppError::Schema(format!(
+            "table `{table}` lacks fields the runner writes: {}. Apply these definitions (or run `sp00ky-job-runner schema --table {table} --apply`):\n\n{}\n",
+            missing.join(", "),
+            store::definitions_for(table, &missing)
+        )));
+    }
+    if info.indexes.is_empty() {
+        tracing::warn!(%table, "no index on the job table: the claim query scans it; apply `sp00ky-job-runner schema --table {table}`");
+    }
+    Ok(TableState::Ready)
+}
+
+/// Makes every job table ready: creates missing ones from the shipped schema, refuses ones that
+/// lack the runner's fields, and gives rows written before the schema a due time.
+pub async fn prepare_tables(store: &Store, backends: &[BackendRuntime]) -> Result<(), AppError> {
+    for runtime in backends {
+        let table = &runtime.backend.table;
+        if let TableState::Missing = inspect_table(store, &runtime.backend).await? {
+            tracing::info!(%table, "job table does not exist: defining it from schema/job.surql");
+            store.apply_schema(table).await?;
+        }
+        let backfilled = store.backfill_due(table).await?;
+        if backfilled > 0 {
+            tracing::info!(%table, rows = backfilled, "gave rows written before the runner's schema a due time");
+        }
+    }
+    Ok(())
+}
+
+/// `run`: serve every configured backend until `shutdown` completes.
+pub async fn run(
+    global: &GlobalArgs,
+    args: RunArgs,
+    env: EnvLookup<'_>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
+    let retry = RetryPolicy {
+        base: args.retry_base.0,
+        cap: args.retry_cap.0.max(args.retry_base.0),
+    };
+    let (config, backends) = load_backends(global, retry, env)?;
+    if backends.is_empty() {
+        return Err(AppError::Config(ConfigError {
+            origin: config.origin.clone(),
+            key: "backends".into(),
+            message:
+                "no backend with `method: {type: outbox}` is configured: there is nothing to run"
+                    .into(),
+        }));
+    }
+    let admin_token = admin_token(&args, env)?;
+    let listener = bind_listener(&args, admin_token.as_ref()).await?;
+    let store = connect(global, Some(&config), env).await?;
+    prepare_tables(&store, &backends).await?;
+    let options = RunnerOptions {
+        concurrency: args.concurrency,
+        poll_interval: args.poll_interval.0,
+        lease: args.lease.0,
+        shutdown_grace: args.shutdown_grace.0,
+        ..RunnerOptions::default()
+    };
+    let planned = planned_schedules(&backends);
+    let runner = Runner::new(store.clone(), backends, options);
+    let status = runner.status();
+    let ops = OpsState {
+        store: store.clone(),
+        status: status.clone(),
+        admin: Admin::new(store.clone(), runner.backends()),
+        admin_token: admin_token.map(Arc::new),
+    };
+    if ops.admin_token.is_none() {
+        tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(crate::ops::listener::serve(
+        listener,
+        ops,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
+    if !planned.is_empty() {
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            planned,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let running = runner.run(stopped(stop_rx));
+    tokio::pin!(running);
+    tokio::select! {
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            running.await;
+        }
+        () = &mut running => {}
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+/// Binds the operations listener, refusing a non-loopback address without an admin token.
+async fn bind_listener(
+    args: &RunArgs,
+    admin_token: Option<&SecretString>,
+) -> Result<tokio::net::TcpListener, AppError> {
+    crate::ops::listener::check_exposure(&args.listen, admin_token).map_err(|message| {
+        AppError::Config(ConfigError {
+            origin: config::Origin::Env("SPKY_RUNNER_LISTEN"),
+            key: "--listen".into(),
+            message,
+        })
+    })?;
+    let listen_error = |source| AppError::Listen {
+        addr: args.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(listen = %local, "health, metrics and admin API listening");
+    Ok(listener)
+}
+
+/// Every backend's schedules, with the table their rows go to.
+fn planned_schedules(backends: &[BackendRuntime]) -> Vec<Planned> {
+    backends
+        .iter()
+        .flat_map(|b| {
+            b.backend.schedules.iter().map(|schedule| Planned {
+                table: b.backend.table.clone(),
+                schedule: schedule.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The admin token from `--admin-token-file` or `SPKY_RUNNER_ADMIN_TOKEN`.
+fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString>, AppError> {
+    let token = match &args.admin_token_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            AppError::Config(ConfigError {
+                origin: config::Origin::File(path.clone()),
+                key: "--admin-token-file".into(),
+                message: format!("cannot read the admin token: {e}"),
+            })
+        })?),
+        None => env("SPKY_RUNNER_ADMIN_TOKEN"),
+    };
+    Ok(token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from))
+}
+
+/// Tells systemd (when it started us with `Type=notify`) READY once the live queries are armed,
+/// WATCHDOG while the main loop goes round, and STOPPING at shutdown. Without NOTIFY_SOCKET every
+/// call is a no-op.
+async fn notify_systemd(
+    status: Arc<RunnerStatus>,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    use sd_notify::NotifyState;
+    let armed = async {
+        while !status.live_queries_armed() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    // Live queries may be unavailable (an http:// endpoint): then polling alone serves.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), armed).await;
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    tokio::pin!(stopping);
+    loop {
+        let every = watchdog.map_or(std::time::Duration::from_secs(3600), |w| w / 3);
+        tokio::select! {
+            () = &mut stopping => break,
+            () = tokio::time::sleep(every) => {
+                if let Some(limit) = watchdog
+                    && status.loop_alive(limit / 2)
+                {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one ends the process at once (leases then
+/// rescue whatever was in flight).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received; send another to stop at once");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}

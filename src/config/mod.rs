@@ -1,0 +1,177 @@
+//! Before a job's life begins: **load the configuration** that says which backends exist, which table
+//! each one drains, where its calls may go and with which token.
+//!
+//! Three shapes load (see `CONTRACT.md`): the documented `backends:` map of `sp00ky.yml`, the
+//! current `apps:` map (only `type: backend` entries count), and the `SPKY_JOB_CONFIG` JSON array
+//! that `spky dev` hands its sidecar. All three end as the same [`Backend`] values, so nothing past
+//! this module knows which shape a backend came from.
+//!
+//! The file is read as a plain JSON tree and walked by hand rather than deserialised into structs:
+//! the file belongs to other tools too (unknown keys must be ignored), and every error must name
+//! the file and the exact key, which a hand walk knows at each step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::job::retry::RetryPolicy;
+use crate::schedule::Schedule;
+
+mod env;
+mod file;
+pub mod limits;
+mod schedules;
+mod walk;
+pub mod yaml;
+
+pub use env::{from_env_json, interpolate, parse_dotenv};
+pub use file::from_yaml;
+
+/// Where a setting came from, so an error can point a person at the right file or variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// A configuration mistake: always names where (file or variable), which key, and what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{origin}: {key}: {message}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    /// Dotted key path (`apps.api.baseUrl`), or `line L, column C` for a syntax error.
+    pub key: String,
+    pub message: String,
+}
+
+/// One backend the runner serves: the outbox table it drains and the HTTP service it calls.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The name under `backends:`/`apps:`; used in logs, metrics and `enqueue`.
+    pub name: String,
+    /// The job table; validated as a plain identifier so the store can name it in SurrealQL.
+    pub table: String,
+    /// Every request of this backend goes under this URL and nowhere else.
+    pub base_url: Url,
+    /// The bearer token; a `SecretString` so `Debug` and logs can never print it.
+    pub token: Option<SecretString>,
+    /// The OpenAPI file, already resolved against the config file's folder. `None` for
+    /// `SPKY_JOB_CONFIG`, whose entries carry no spec.
+    pub spec: Option<PathBuf>,
+    /// `deploy.timeout`: the per-call timeout.
+    pub timeout: Duration,
+    /// `deploy.timeoutOverridable`: whether a row's own `timeout` replaces [`Backend::timeout`].
+    pub timeout_overridable: bool,
+    /// Base and cap of retry delays; per backend because backends recover at different speeds.
+    pub retry: RetryPolicy,
+    /// What one row of this backend may cost (`limits:`).
+    pub row_limits: limits::RowLimits,
+    /// How `sp00ky-job-runner dev` starts this backend locally (the `dev` key).
+    pub dev: Option<DevSpec>,
+    /// Recurring jobs (`schedules:`, a key of this runner's own).
+    pub schedules: Vec<Schedule>,
+}
+
+/// The `dev` key of a backend: a command that runs it during development.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSpec {
+    pub command: DevCommand,
+    /// Where it runs: `workdir` resolved against the config file's folder (the project root).
+    pub workdir: PathBuf,
+    /// A dotenv file whose variables the command gets.
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevCommand {
+    /// A string: run with `sh -c`.
+    Shell(String),
+    /// `npm run <script>`
+    Npm { script: String },
+    /// `uv run <script>`
+    Uv { script: String },
+    /// Build `file` and run it with `port` published and `env` set.
+    Docker {
+        file: PathBuf,
+        port: Option<u16>,
+        env: Vec<(String, String)>,
+    },
+}
+
+/// The `surrealdb:` block of sp00ky.yml: the lowest-precedence source of database settings.
+#[derive(Debug, Clone, Default)]
+pub struct FileDatabase {
+    pub namespace: Option<String>,
+    pub database: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub endpoint: Option<String>,
+}
+
+/// Everything the configuration source says.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub origin: Origin,
+    pub backends: Vec<Backend>,
+    pub database: FileDatabase,
+}
+
+/// Reads the environment; a trait object so tests can hand in a map instead of mutating the
+/// process environment (which is shared by every test thread).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads the backends from `SPKY_JOB_CONFIG` when it is set, else from the file at `path`.
+pub fn load(
+    path: &Path,
+    env: EnvLookup<'_>,
+    default_retry: RetryPolicy,
+) -> Result<Config, ConfigError> {
+    if let Some(json) = env("SPKY_JOB_CONFIG").filter(|s| !s.trim().is_empty()) {
+        return from_env_json(&json, env, default_retry);
+    }
+    let origin = Origin::File(path.to_path_buf());
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        key: "(file)".into(),
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    from_yaml(&text, origin, &base_dir, env, default_retry)
+}
+
+pub(crate) fn check_tables_unique(config: &Config) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for backend in &config.backends {
+        if let Some(first) = seen.insert(&backend.table, &backend.name) {
+            return Err(ConfigError {
+                origin: config.origin.clone(),
+                key: backend.name.clone(),
+                message: format!(
+                    "table `{}` is already drained by backend `{first}`; two backends cannot share one job table",
+                    backend.table
+                ),
+            });
+        }
+    }
+    Ok(())
+}

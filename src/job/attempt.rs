@@ -1,0 +1,240 @@
+//! One attempt of one claimed job, as named steps: [`prepare`] (validate the row and build the
+//! request) → [`call_holding_lease`] (call the backend, renewing the lease) → decide and write
+//! ([`crate::job::record`]) → observe (metrics and one log line). [`run`] chains them and returns
+//! an [`Outcome`]; tests can call each step on its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::config::Backend;
+use crate::job::call::{CallContext, Caller};
+use crate::job::failure::Failure;
+use crate::job::record::{self, Decision, SuccessWriter, Written};
+use crate::job::row::Job;
+use crate::job::validate::{Request, Routes};
+use crate::ops::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// What every attempt shares: the database, the HTTP client, and where results are counted.
+pub struct Attempts {
+    pub store: Store,
+    /// Successes are written through here, in batches.
+    pub successes: SuccessWriter,
+    pub caller: Caller,
+    /// The claim's length; renewed every third of it while a call runs.
+    pub lease: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The decision is in the row.
+    Recorded(Decision),
+    /// Another runner took the job over (this one's lease ran out): nothing was written.
+    LostLease,
+    /// Shutdown cancelled the call: the job went back to `pending` without spending an attempt
+    /// (or, if even that failed, its lease will run out and any runner rescues it).
+    Released,
+    /// The decision could not be written in time; the lease rescue will run the job again.
+    Unrecorded(StoreError),
+}
+
+/// What [`call_holding_lease`] ended with.
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    Finished(Result<(), Failure>),
+    Lost,
+    Cancelled,
+}
+
+/// Runs one attempt of `job` and records its outcome. `slot` is held until the backend call ends
+/// and dropped before the write-back, so the next job need not wait for the database's commit.
+pub async fn run<S>(
+    attempts: &Attempts,
+    backend: &Backend,
+    routes: &Routes,
+    job: Job,
+    mut cancel: watch::Receiver<bool>,
+    slot: S,
+) -> Outcome {
+    let started = Instant::now();
+    let metrics = &attempts.metrics;
+    if let Some(due) = job.due_at {
+        let lag = (Utc::now() - due).to_std().unwrap_or_default();
+        metrics.claim_lag_seconds.observe(lag.as_secs_f64());
+        tracing::debug!(job = %job.display_id, lag_ms = lag.as_millis() as u64, "claimed");
+    }
+    metrics.in_flight.inc();
+    let _in_flight = InFlight(metrics);
+
+    let result = match prepare(backend, routes, &job) {
+        Err(failure) => Err(failure),
+        Ok((request, timeout)) => {
+            let context = CallContext {
+                job_id: &job.display_id,
+                attempt: job.attempt(),
+                token: backend.token.as_ref(),
+                timeout,
+            };
+            let call = attempts.caller.call(request, context);
+            match call_holding_lease(attempts, &job, call, &mut cancel).await {
+                LeaseOutcome::Finished(result) => result,
+                LeaseOutcome::Lost => {
+                    tracing::warn!(job = %job.display_id, "lost the lease while calling; another runner owns the job now");
+                    return Outcome::LostLease;
+                }
+                LeaseOutcome::Cancelled => return release(&attempts.store, &job).await,
+            }
+        }
+    };
+    drop(slot);
+
+    let decision = record::decide(&job, result, &backend.retry, Utc::now());
+    let written = record::write(
+        &attempts.store,
+        &job,
+        &decision,
+        attempts.lease,
+        Some(&attempts.successes),
+    )
+    .await;
+    let outcome = match written {
+        Ok(Written::Recorded) => Outcome::Recorded(decision),
+        Ok(Written::LostLease) => Outcome::LostLease,
+        Err(e) => Outcome::Unrecorded(e),
+    };
+    observe(metrics, &backend.name, &job, &outcome, started.elapsed());
+    outcome
+}
+
+/// Validates the row against the backend's spec and builds the request, with the call's timeout:
+/// the backend's, or the row's own when the backend lets rows override it.
+pub fn prepare(
+    backend: &Backend,
+    routes: &Routes,
+    job: &Job,
+) -> Result<(Request, Duration), Failure> {
+    let row = job.row.clone()?;
+    let timeout = match (backend.timeout_overridable, row.timeout) {
+        (true, Some(secs)) => Duration::from_secs(secs),
+        _ => backend.timeout,
+    };
+    let request = routes.prepare(&backend.base_url, &row.path, row.payload)?;
+    Ok((request, timeout))
+}
+
+/// Drives `call` while renewing the lease every third of its length; stops early when the lease
+/// is lost or shutdown cancels the call.
+pub async fn call_holding_lease(
+    attempts: &Attempts,
+    job: &Job,
+    call: impl std::future::Future<Output = Result<(), Failure>>,
+    cancel: &mut watch::Receiver<bool>,
+) -> LeaseOutcome {
+    let lease = attempts.lease;
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => return LeaseOutcome::Finished(result),
+            _ = renew.tick() => {
+                match attempts.store.extend_lease(&job.id, &job.token, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return LeaseOutcome::Lost,
+                    // The database may be back before the lease ends; keep calling.
+                    Err(e) => tracing::warn!(job = %job.display_id, error = %e, "could not renew the lease"),
+                }
+            }
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    return LeaseOutcome::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+/// Puts a job whose call shutdown cancelled back to `pending`, without spending an attempt.
+async fn release(store: &Store, job: &Job) -> Outcome {
+    match store.release(&job.id, &job.token).await {
+        Ok(true) => {
+            tracing::info!(job = %job.display_id, "released unfinished job back to pending")
+        }
+        Ok(false) => {
+            tracing::warn!(job = %job.display_id, "could not release: the lease was already gone")
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.display_id, error = %e, "could not release; the lease will expire")
+        }
+    }
+    Outcome::Released
+}
+
+/// Keeps the in-flight gauge right on every exit path.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// Counts the outcome and logs one line for it.
+fn observe(metrics: &Metrics, backend: &str, job: &Job, outcome: &Outcome, elapsed: Duration) {
+    match outcome {
+        Outcome::Recorded(decision) => {
+            let label = match decision {
+                Decision::Success => "success",
+                Decision::Retry { .. } => "retry",
+                Decision::Failed { .. } => "failed",
+            };
+            let outcome_labels = metrics.outcome(backend, label);
+            metrics.attempts.get_or_create(&outcome_labels).inc();
+            if let Decision::Retry { .. } = decision {
+                metrics
+                    .retries
+                    .get_or_create(&metrics.backend(backend))
+                    .inc();
+            } else {
+                metrics.jobs_finished.get_or_create(&outcome_labels).inc();
+            }
+            metrics
+                .attempt_seconds
+                .get_or_create(&metrics.backend(backend))
+                .observe(elapsed.as_secs_f64());
+            log_decision(job, backend, decision, elapsed);
+        }
+        Outcome::LostLease => {
+            tracing::warn!(job = %job.display_id, "result not written: lost the lease to another runner, which owns the job now")
+        }
+        Outcome::Unrecorded(e) => {
+            tracing::error!(job = %job.display_id, error = %e, "could not record the outcome; the lease rescue will retry the job")
+        }
+        Outcome::Released => {}
+    }
+}
+
+fn log_decision(job: &Job, backend: &str, decision: &Decision, elapsed: Duration) {
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match decision {
+        Decision::Success => {
+            tracing::info!(job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms, "job succeeded")
+        }
+        Decision::Retry {
+            failure, due_at, ..
+        } => tracing::warn!(
+            job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms,
+            kind = failure.kind.as_str(), code = failure.code, reason = %failure.reason, retry_at = %due_at,
+            "attempt failed; retry scheduled"
+        ),
+        Decision::Failed { failure } => tracing::warn!(
+            job = %job.display_id, backend, attempt = job.attempt(), elapsed_ms,
+            kind = failure.kind.as_str(), code = failure.code, reason = %failure.reason,
+            "job failed"
+        ),
+    }
+}

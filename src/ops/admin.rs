@@ -1,0 +1,278 @@
+//! Operator actions on jobs: enqueue, show, list, retry, cancel. One implementation serves both
+//! the admin HTTP API ([`crate::ops::listener`]) and the `jobs`/`enqueue` commands, so they cannot drift.
+//!
+//! Only the configured job tables are reachable: an id naming any other table is "not found".
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use surrealdb::types::{RecordId, ToSql};
+
+use crate::config::limits;
+use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
+use crate::job::retry::Strategy;
+use crate::runner::BackendRuntime;
+use crate::store::{NewJob, Store, StoreError};
+
+/// Why an action was refused; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// 400: the request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the job is not in a state that allows the action.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the database did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `db.run` sends, as JSON (`POST /v1/jobs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    pub backend: String,
+    pub path: String,
+    #[serde(default)]
+    pub payload: Value,
+    pub max_retries: Option<u32>,
+    pub retry_strategy: Option<Strategy>,
+    pub assigned_to: Option<String>,
+    pub timeout: Option<u32>,
+    /// Milliseconds before the first attempt.
+    pub delay_ms: Option<u64>,
+    /// RFC 3339 time before which the job does not run; exclusive with `delay_ms`.
+    pub run_at: Option<String>,
+    pub priority: Option<i64>,
+}
+
+/// `GET /v1/jobs` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub table: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// The most rows one page may hold.
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Clone)]
+pub struct Admin {
+    store: Store,
+    backends: Arc<Vec<Arc<BackendRuntime>>>,
+}
+
+impl Admin {
+    pub fn new(store: Store, backends: Arc<Vec<Arc<BackendRuntime>>>) -> Admin {
+        Admin { store, backends }
+    }
+
+    /// Creates a job after the checks `db.run` makes: the route exists and the payload validates.
+    pub async fn enqueue(&self, request: EnqueueRequest) -> Result<RecordId, AdminError> {
+        let runtime = self.backend(&request.backend)?;
+        // A JSON string payload is what the Sp00ky client stores; accept it the same way.
+        let payload = match &request.payload {
+            Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                AdminError::BadRequest(format!("payload is a string but not JSON: {e}"))
+            })?,
+            other => other.clone(),
+        };
+        runtime
+            .routes
+            .prepare(&runtime.backend.base_url, &request.path, payload.clone())
+            .map_err(|failure| AdminError::BadRequest(failure.reason))?;
+        let retry_strategy = request.retry_strategy.unwrap_or_default().as_str();
+        if let Some(timeout) = request.timeout
+            && !limits::TIMEOUT_RANGE_SECS.contains(&u64::from(timeout))
+        {
+            return Err(AdminError::BadRequest(
+                "timeout must be 1 to 3600 seconds".into(),
+            ));
+        }
+        let assigned_to = request
+            .assigned_to
+            .as_deref()
+            .map(|text| {
+                RecordId::parse_simple(text).map_err(|e| {
+                    AdminError::BadRequest(format!("assigned_to {text:?} is not a record id: {e}"))
+                })
+            })
+            .transpose()?;
+        if request.delay_ms.is_some() && request.run_at.is_some() {
+            return Err(AdminError::BadRequest(
+                "give delay_ms or run_at, not both".into(),
+            ));
+        }
+        let run_at = request.run_at.as_deref().map(parse_run_at).transpose()?;
+        let id = self
+            .store
+            .enqueue(
+                &runtime.backend.table,
+                NewJob {
+                    path: request.path,
+                    payload: payload.to_string(),
+                    max_retries: request.max_retries.unwrap_or(limits::MAX_RETRIES),
+                    retry_strategy,
+                    timeout: request.timeout,
+                    assigned_to,
+                    delay_ms: request.delay_ms.unwrap_or(0),
+                    run_at,
+                    priority: request.priority.unwrap_or(0),
+                    schedule: None,
+                },
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// The configured backend named `name`.
+    fn backend(&self, name: &str) -> Result<&Arc<BackendRuntime>, AdminError> {
+        self.backends
+            .iter()
+            .find(|b| b.backend.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .backends
+                    .iter()
+                    .map(|b| b.backend.name.as_str())
+                    .collect();
+                AdminError::BadRequest(format!(
+                    "no backend named {name:?}; configured: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Parses `table:key` and checks that the table is a configured job table.
+    pub fn job_id(&self, text: &str) -> Result<RecordId, AdminError> {
+        let id = RecordId::parse_simple(text).map_err(|_| {
+            AdminError::BadRequest(format!("{text:?} is not a job id like job:0123abcd"))
+        })?;
+        if !self
+            .backends
+            .iter()
+            .any(|b| b.backend.table == id.table.as_str())
+        {
+            return Err(AdminError::NotFound(format!(
+                "{text:?} is not in a configured job table"
+            )));
+        }
+        Ok(id)
+    }
+
+    pub async fn show(&self, id: &str) -> Result<Value, AdminError> {
+        let id = self.job_id(id)?;
+        self.store
+            .get(&id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no job {}", id.to_sql())))
+    }
+
+    /// One page: `{jobs, next_cursor}`; `next_cursor` is absent on the last page.
+    pub async fn list(&self, query: ListQuery) -> Result<Value, AdminError> {
+        let table = match (&query.table, self.backends.as_slice()) {
+            (Some(table), _) => {
+                if !self.backends.iter().any(|b| &b.backend.table == table) {
+                    return Err(AdminError::NotFound(format!(
+                        "{table:?} is not a configured job table"
+                    )));
+                }
+                table.clone()
+            }
+            (None, [only]) => only.backend.table.clone(),
+            (None, _) => {
+                return Err(AdminError::BadRequest(
+                    "several job tables are configured: name one with `table`".into(),
+                ));
+            }
+        };
+        if let Some(status) = &query.status
+            && !["pending", "processing", "success", "failed"].contains(&status.as_str())
+        {
+            return Err(AdminError::BadRequest(format!(
+                "status {status:?} is not one of pending, processing, success, failed"
+            )));
+        }
+        let limit = query.limit.unwrap_or(50);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(AdminError::BadRequest(format!(
+                "limit must be 1 to {MAX_PAGE}"
+            )));
+        }
+        let after = query
+            .cursor
+            .as_deref()
+            .map(|c| self.job_id(c))
+            .transpose()?;
+        let jobs = self
+            .store
+            .list_jobs(&table, query.status.as_deref(), after, limit)
+            .await?;
+        let next = (jobs.len() == limit)
+            .then(|| {
+                jobs.last()
+                    .and_then(|j| j["id"].as_str())
+                    .map(str::to_string)
+            })
+            .flatten();
+        let mut page = json!({ "jobs": jobs });
+        if let Some(next) = next {
+            page["next_cursor"] = Value::String(next);
+        }
+        Ok(page)
+    }
+
+    /// A failed job back to `pending`, with a fresh attempt budget and its history kept.
+    pub async fn retry(&self, id: &str) -> Result<Value, AdminError> {
+        let id = self.job_id(id)?;
+        match self.store.retry_failed(&id).await? {
+            Some(row) => Ok(row),
+            None => Err(self.state_conflict(&id, "failed", "retried").await),
+        }
+    }
+
+    /// A pending job ended `failed`, with a `cancelled` entry in its errors.
+    pub async fn cancel(&self, id: &str) -> Result<Value, AdminError> {
+        let id = self.job_id(id)?;
+        let current = self.show(&id.to_sql()).await?;
+        let attempt = current["retries"].as_u64().unwrap_or(0) as u32 + 1;
+        let failure = Failure::new(FailureKind::Cancelled, "cancelled by an operator");
+        let trim = History::of_row(&current).plan();
+        let entry = failure
+            .entry(attempt)
+            .with_trim(trim.as_ref().map(TrimPlan::as_trim));
+        match self.store.cancel_pending(&id, entry).await? {
+            Some(row) => Ok(row),
+            None => Err(self.state_conflict(&id, "pending", "cancelled").await),
+        }
+    }
+
+    async fn state_conflict(&self, id: &RecordId, needed: &str, action: &str) -> AdminError {
+        match self.store.get(id).await {
+            Ok(Some(row)) => AdminError::Conflict(format!(
+                "job {} is {}; only a {needed} job can be {action}",
+                id.to_sql(),
+                row["status"].as_str().unwrap_or("unknown")
+            )),
+            Ok(None) => AdminError::NotFound(format!("no job {}", id.to_sql())),
+            Err(e) => AdminError::Store(e),
+        }
+    }
+}
+
+/// An RFC 3339 time for `run_at`.
+fn parse_run_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, AdminError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            AdminError::BadRequest(format!("run_at {text:?} is not an RFC 3339 time: {e}"))
+        })
+}

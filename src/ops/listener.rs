@@ -1,0 +1,192 @@
+//! The operations listener: `/healthz`, `/readyz`, `/metrics`, and the admin API under `/v1`.
+//!
+//! The admin API needs a bearer token (`SPKY_RUNNER_ADMIN_TOKEN` or `--admin-token-file`).
+//! Without one it is switched off, and a listener on anything but loopback refuses to start, so
+//! neither jobs nor metrics are ever exposed beyond the machine by accident. Every answer of the
+//! admin API is JSON; a malformed request gets a 4xx with `{"error": "..."}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use surrealdb::types::ToSql;
+
+use crate::ops::admin::{Admin, AdminError, EnqueueRequest, ListQuery};
+use crate::runner::RunnerStatus;
+use crate::store::Store;
+
+/// Default listener: loopback only.
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct OpsState {
+    pub store: Store,
+    pub status: Arc<RunnerStatus>,
+    pub admin: Admin,
+    pub admin_token: Option<Arc<SecretString>>,
+}
+
+/// Refuses a listener that would expose the API beyond this machine without a token.
+pub fn check_exposure(addr: &SocketAddr, token: Option<&SecretString>) -> Result<(), String> {
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(format!(
+            "--listen {addr} is not a loopback address: set SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file first"
+        ));
+    }
+    Ok(())
+}
+
+pub fn router(state: OpsState) -> Router {
+    let admin = Router::new()
+        .route("/v1/jobs", post(enqueue).get(list))
+        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: OpsState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        error(status, self.to_string())
+    }
+}
+
+async fn require_token(
+    State(state): State<OpsState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.admin_token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the admin API is off: start the runner with SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.expose_secret().as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong admin token"),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <admin token>`",
+        ),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    let db_up = !state.store.health().is_down();
+    let live = state.status.live_queries_armed();
+    let body = json!({ "database": db_up, "live_queries": live });
+    let status = if db_up && live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    state.status.refresh_row_counts(&state.store).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.status.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn enqueue(
+    State(state): State<OpsState>,
+    body: Result<Json<EnqueueRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    match state.admin.enqueue(request).await {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.to_sql() }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list(
+    State(state): State<OpsState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    respond(state.admin.list(query).await)
+}
+
+async fn show(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
+    respond(state.admin.show(&id).await)
+}
+
+async fn retry(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
+    respond(state.admin.retry(&id).await)
+}
+
+async fn cancel(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
+    respond(state.admin.cancel(&id).await)
+}
+
+fn respond(result: Result<serde_json::Value, AdminError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

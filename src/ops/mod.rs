@@ -1,0 +1,9 @@
+//! What an operator sees and does while the runner runs.
+//!
+//! - [`listener`]: `/healthz`, `/readyz`, `/metrics` and the `/v1` admin API over HTTP.
+//! - [`admin`]: the operator verbs behind that API and the `jobs` commands.
+//! - [`metrics`]: the Prometheus families `/metrics` shows.
+
+pub mod admin;
+pub mod listener;
+pub mod metrics;

@@ -1,0 +1,409 @@
+//! The loop that drives jobs through their life (see [`crate::job`]).
+//!
+//! One task polls and claims; each claimed job runs in its own task ([`crate::job::attempt`]),
+//! at most `concurrency` calls at a time ([`slots`]), so a slow backend never blocks the others;
+//! a job's write-back runs after its slot is freed. The poller wakes on a LIVE SELECT
+//! notification ([`watch`]; it claims the notified row by id when it can), when a call ends and
+//! the last poll was full, or every `poll_interval` (live queries can miss notifications, and
+//! retries become due by the clock).
+//!
+//! Shutdown: claiming stops, in-flight jobs get `shutdown_grace` to finish, then the rest are
+//! cancelled and put back to `pending` without spending an attempt.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch as signal};
+use tokio::task::JoinSet;
+
+use crate::config::{Backend, limits};
+use crate::job::attempt::{self, Attempts};
+use crate::job::call::Caller;
+use crate::job::claim::{Claimer, Watermark};
+use crate::job::record::SuccessWriter;
+use crate::job::row::Job;
+use crate::job::validate::Routes;
+use crate::store::{DueHint, Store};
+
+pub mod slots;
+pub mod status;
+pub mod watch;
+
+use slots::Slots;
+pub use status::RunnerStatus;
+use watch::{Hints, WatchTarget};
+
+/// Tuning of the loop; defaults are in [`RunnerOptions::default`].
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Jobs running at once, across all backends.
+    pub concurrency: usize,
+    /// The longest the runner waits between two looks at the tables.
+    pub poll_interval: Duration,
+    /// How long a claim holds without renewal; a dead runner's jobs are rescued after this.
+    pub lease: Duration,
+    /// How long in-flight jobs may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Names this runner in the rows it claims (`assignee`).
+    pub runner_id: String,
+    /// Added to this machine's clock where the runner reads it; see [`Claimer::clock_offset`].
+    pub clock_offset: chrono::TimeDelta,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            concurrency: limits::CONCURRENCY,
+            poll_interval: limits::POLL_INTERVAL.default,
+            lease: limits::LEASE.default,
+            shutdown_grace: limits::SHUTDOWN_GRACE.default,
+            runner_id: default_runner_id(),
+            clock_offset: chrono::TimeDelta::zero(),
+        }
+    }
+}
+
+/// `host:pid:random`, unique per process even when two runners share a host.
+pub fn default_runner_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// A backend with its compiled routes.
+pub struct BackendRuntime {
+    pub backend: Backend,
+    pub routes: Routes,
+}
+
+pub struct Runner {
+    attempts: Arc<Attempts>,
+    options: RunnerOptions,
+    status: Arc<RunnerStatus>,
+    backends: Arc<Vec<Arc<BackendRuntime>>>,
+    /// One per backend, in the same order: each applies its backend's row limits.
+    claimers: Vec<Claimer>,
+}
+
+/// Where the main loop stands between two wake-ups.
+struct Cursor {
+    /// The last look filled the room it had: more work is probably due.
+    more_work: bool,
+    /// The backend the next round starts with, so one busy table cannot starve another.
+    next_backend: usize,
+    next_poll: tokio::time::Instant,
+    watermarks: Vec<Watermark>,
+}
+
+impl Runner {
+    pub fn new(store: Store, backends: Vec<BackendRuntime>, options: RunnerOptions) -> Runner {
+        let claimers = backends
+            .iter()
+            .map(|b| Claimer {
+                limits: b.backend.row_limits,
+                clock_offset: options.clock_offset,
+                ..Claimer::new(options.runner_id.clone(), options.lease)
+            })
+            .collect();
+        let tables = backends.iter().map(|b| b.backend.table.clone()).collect();
+        let status = Arc::new(RunnerStatus::new(tables, options.poll_interval));
+        Runner {
+            attempts: Arc::new(Attempts {
+                successes: SuccessWriter::start(store.clone()),
+                store,
+                caller: Caller::new(),
+                lease: options.lease,
+                metrics: status.metrics.clone(),
+            }),
+            options,
+            status,
+            backends: Arc::new(backends.into_iter().map(Arc::new).collect()),
+            claimers,
+        }
+    }
+
+    pub fn status(&self) -> Arc<RunnerStatus> {
+        self.status.clone()
+    }
+
+    pub fn backends(&self) -> Arc<Vec<Arc<BackendRuntime>>> {
+        self.backends.clone()
+    }
+
+    fn store(&self) -> &Store {
+        &self.attempts.store
+    }
+
+    /// Runs until `shutdown` completes, then drains as described in the module docs.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let options = &self.options;
+        let slots = Slots::new(options.concurrency.max(1));
+        let wake = Arc::new(Notify::new());
+        let (cancel_tx, cancel_rx) = signal::channel(false);
+        let hints = Arc::new(Mutex::new(Hints::default()));
+        let mut watchers = self.spawn_watchers(&wake, &hints);
+        tracing::info!(
+            runner = %options.runner_id,
+            backends = self.backends.len(),
+            concurrency = options.concurrency,
+            "runner started"
+        );
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        let mut cursor = Cursor {
+            more_work: false,
+            next_backend: 0,
+            next_poll: tokio::time::Instant::now(),
+            watermarks: vec![Watermark::new(options.poll_interval); self.backends.len()],
+        };
+        tokio::pin!(shutdown);
+        loop {
+            self.status.tick();
+            let woke = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(cursor.next_poll) => Woke::Poll,
+                () = wake.notified() => Woke::Notified,
+                () = slots.freed.notified() => Woke::Freed,
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => Woke::Freed,
+            };
+            if !self.worth_a_look(woke, &slots, &jobs, &mut cursor) {
+                continue;
+            }
+            let hinted = std::mem::take(&mut *hints.lock().expect("hints lock"));
+            // New rows reported by a live query, when the last look left nothing behind and they
+            // all fit: claimed by id at once. Polls, backlogs and anything the hints may not
+            // cover take the full round, which honours priorities.
+            if woke != Woke::Poll
+                && !cursor.more_work
+                && !hinted.overflowed
+                && !hinted.rows.is_empty()
+                && hinted.rows.len() <= slots.room(&jobs)
+            {
+                self.claim_hinted(hinted.rows, &slots, &mut jobs, &cancel_rx)
+                    .await;
+                continue;
+            }
+            let round = self
+                .claim_round(
+                    &slots,
+                    &mut jobs,
+                    &mut cursor,
+                    &cancel_rx,
+                    shutdown.as_mut(),
+                )
+                .await;
+            let Some(more) = round else { break };
+            cursor.more_work = more;
+            let again_now = more && slots.room(&jobs) > 0;
+            cursor.next_poll = tokio::time::Instant::now()
+                + if again_now {
+                    Duration::ZERO
+                } else {
+                    options.poll_interval
+                };
+        }
+        watchers.abort_all();
+        drain(jobs, cancel_tx, options.shutdown_grace).await;
+        tracing::info!("runner stopped");
+    }
+
+    /// A live query per table, and the reconnect counter.
+    fn spawn_watchers(&self, wake: &Arc<Notify>, hints: &Arc<Mutex<Hints>>) -> JoinSet<()> {
+        let mut watchers = JoinSet::new();
+        for (index, backend) in self.backends.iter().enumerate() {
+            let target = WatchTarget {
+                table: backend.backend.table.clone(),
+                backend: index,
+                hints: hints.clone(),
+            };
+            let (store, status) = (self.store().clone(), self.status.clone());
+            watchers.spawn(watch::watch_table(store, target, wake.clone(), status));
+        }
+        let (store, status) = (self.store().clone(), self.status.clone());
+        watchers.spawn(watch::count_reconnects(store, status));
+        watchers
+    }
+
+    /// Whether to look for work after waking for `woke`.
+    fn worth_a_look(
+        &self,
+        woke: Woke,
+        slots: &Slots,
+        jobs: &JoinSet<()>,
+        cursor: &mut Cursor,
+    ) -> bool {
+        let free = slots.room(jobs);
+        // A call ended (or its write-back did). Look again only if the last look left work
+        // behind, and only once enough slots are free to make the round trip worth it (or
+        // nothing else runs): claims then come in batches, not one per job.
+        let claim_batch = (self.options.concurrency / 4).max(1);
+        if woke == Woke::Freed
+            && (!cursor.more_work || (free < claim_batch && free < self.options.concurrency))
+        {
+            return false;
+        }
+        if free == 0 {
+            // Full: the next finished job triggers the next look.
+            cursor.more_work = true;
+            cursor.next_poll = tokio::time::Instant::now() + self.options.poll_interval;
+            return false;
+        }
+        true
+    }
+
+    /// Claims the hinted rows of each backend by id and starts them.
+    async fn claim_hinted(
+        &self,
+        hinted: Vec<(usize, DueHint)>,
+        slots: &Slots,
+        jobs: &mut JoinSet<()>,
+        cancel: &signal::Receiver<bool>,
+    ) {
+        let mut by_backend: Vec<Vec<DueHint>> = vec![Vec::new(); self.backends.len()];
+        for (index, hint) in hinted {
+            if let Some(rows) = by_backend.get_mut(index) {
+                rows.push(hint);
+            }
+        }
+        for ((backend, claimer), rows) in self.backends.iter().zip(&self.claimers).zip(by_backend) {
+            if rows.is_empty() {
+                continue;
+            }
+            match claimer.take_hinted(self.store(), rows).await {
+                Ok(claimed) => self.start(backend, claimed, slots, jobs, cancel),
+                Err(e) => {
+                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
+                }
+            }
+        }
+    }
+
+    /// Spawns a task per claimed job, each holding one of the free slots until its call ends.
+    fn start(
+        &self,
+        backend: &Arc<BackendRuntime>,
+        claimed: Vec<Job>,
+        slots: &Slots,
+        jobs: &mut JoinSet<()>,
+        cancel: &signal::Receiver<bool>,
+    ) {
+        for job in claimed {
+            let slot = slots.take();
+            let attempts = self.attempts.clone();
+            let backend = backend.clone();
+            let cancel = cancel.clone();
+            jobs.spawn(async move {
+                let BackendRuntime { backend, routes } = &*backend;
+                attempt::run(&attempts, backend, routes, job, cancel, slot).await;
+            });
+        }
+    }
+
+    /// Claims for every backend while there is room. Returns whether any backend had more due
+    /// work than there was room for, or `None` when `shutdown` completed while looking: the
+    /// read-only look is abandoned then, so an idle runner exits without waiting on the
+    /// database; a claim that started writing is always seen through.
+    async fn claim_round<F: std::future::Future<Output = ()>>(
+        &self,
+        slots: &Slots,
+        jobs: &mut JoinSet<()>,
+        cursor: &mut Cursor,
+        cancel: &signal::Receiver<bool>,
+        mut shutdown: std::pin::Pin<&mut F>,
+    ) -> Option<bool> {
+        let mut more = false;
+        let count = self.backends.len();
+        for offset in 0..count {
+            let room = slots.room(jobs);
+            if room == 0 {
+                return Some(true);
+            }
+            // Start with a different backend each round so one busy table cannot starve another.
+            let index = (cursor.next_backend + offset) % count;
+            let backend = &self.backends[index];
+            let watermark = &mut cursor.watermarks[index];
+            let look = watermark.look(std::time::Instant::now());
+            let store = self.store();
+            // The look runs in a task of its own, so that abandoning it leaves the request to
+            // finish (dropping a request in flight makes the SDK log an error about it).
+            let look = tokio::spawn({
+                let (claimer, store) = (self.claimers[index].clone(), store.clone());
+                let table = backend.backend.table.clone();
+                async move { claimer.find(&store, &table, room, look).await }
+            });
+            let found = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return None,
+                found = look => found,
+            };
+            let claimed = match found {
+                Ok(Ok(found)) => {
+                    watermark.saw(&found, std::time::Instant::now());
+                    self.claimers[index].take(store, found, room).await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => {
+                    tracing::warn!(backend = %backend.backend.name, error = %e, "looking for due jobs failed");
+                    continue;
+                }
+            };
+            match claimed {
+                Ok(claimed) => {
+                    more |= claimed.len() == room;
+                    self.start(backend, claimed, slots, jobs, cancel);
+                }
+                Err(e) if e.is_conflict() => more = true,
+                // While the database is away every poll fails; the store logged the outage once.
+                Err(e) if self.store().health().is_down() => {
+                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim jobs");
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %backend.backend.name, error = %e, "could not claim jobs");
+                }
+            }
+        }
+        cursor.next_backend = (cursor.next_backend + 1) % count.max(1);
+        Some(more)
+    }
+}
+
+/// Why the main loop woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// The poll interval passed.
+    Poll,
+    /// A live query reported a change.
+    Notified,
+    /// A call or a write-back ended.
+    Freed,
+}
+
+/// Lets in-flight jobs finish for `grace`, then cancels the rest, which put themselves back to
+/// `pending`.
+async fn drain(mut jobs: JoinSet<()>, cancel: signal::Sender<bool>, grace: Duration) {
+    tracing::info!(
+        in_flight = jobs.len(),
+        ?grace,
+        "shutting down: no new claims"
+    );
+    let drained =
+        tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
+    if drained.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        remaining = jobs.len(),
+        "grace period over: cancelling and releasing the remaining jobs"
+    );
+    let _ = cancel.send(true);
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if released.is_err() {
+        jobs.abort_all();
+    }
+}

@@ -1,0 +1,75 @@
+//! What the operations listener and systemd read about a running runner.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::ops::metrics::{Metrics, TableLabels};
+use crate::store::Store;
+
+/// What the operations listener and systemd need to know about a running runner.
+pub struct RunnerStatus {
+    pub metrics: Arc<Metrics>,
+    tables: Vec<String>,
+    /// Live queries currently armed; ready when every table has one.
+    pub(super) live_armed: AtomicUsize,
+    /// When the main loop last went round, so the watchdog only pings a loop that is alive.
+    last_tick: Mutex<Instant>,
+    /// When the row gauges were last read from the database: at most once per `rows_every`,
+    /// however often `/metrics` is scraped. Held across the read, so concurrent scrapes wait for
+    /// one read instead of each making their own.
+    rows_read: tokio::sync::Mutex<Option<Instant>>,
+    rows_every: Duration,
+}
+
+impl RunnerStatus {
+    pub(super) fn new(tables: Vec<String>, rows_every: Duration) -> RunnerStatus {
+        RunnerStatus {
+            metrics: Arc::new(Metrics::new()),
+            tables,
+            live_armed: AtomicUsize::new(0),
+            last_tick: Mutex::new(Instant::now()),
+            rows_read: tokio::sync::Mutex::new(None),
+            rows_every,
+        }
+    }
+
+    pub fn live_queries_armed(&self) -> bool {
+        self.live_armed.load(Ordering::SeqCst) >= self.tables.len()
+    }
+
+    /// Whether the main loop went round within `within`.
+    pub fn loop_alive(&self, within: Duration) -> bool {
+        self.last_tick.lock().expect("tick lock").elapsed() <= within
+    }
+
+    pub(super) fn tick(&self) {
+        *self.last_tick.lock().expect("tick lock") = Instant::now();
+    }
+
+    /// Reads the pending and processing counts of every table into the row gauges, unless they
+    /// were read less than one poll interval ago.
+    pub async fn refresh_row_counts(&self, store: &Store) {
+        let mut read = self.rows_read.lock().await;
+        if read.is_some_and(|at| at.elapsed() < self.rows_every) {
+            return;
+        }
+        *read = Some(Instant::now());
+        for table in &self.tables {
+            for status in ["pending", "processing"] {
+                match store.count(table, status).await {
+                    Ok(count) => {
+                        let labels = TableLabels {
+                            table: table.clone(),
+                            status: status.into(),
+                        };
+                        self.metrics.rows.get_or_create(&labels).set(count as i64);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%table, error = %e, "could not count rows for metrics")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The hot path: which rows are due, claiming them by compare-and-set, renewing leases, writing
+//! results back (each fenced by the claim's token), and the live query that hints at new rows.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use surrealdb::types::{RecordId, Value};
+
+use super::{ErrorEntry, Store, StoreError, query_err, split_row};
+
+/// What one look at a table scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    /// The priority-0 scan starts at this `due_at` (inclusive); `None` scans from the start.
+    pub from: Option<DateTime<Utc>>,
+    /// Whether rows whose lease ran out are looked for.
+    pub expired: bool,
+}
+
+impl Look {
+    /// The whole `pending` range, and expired leases.
+    pub const FULL: Look = Look {
+        from: None,
+        expired: true,
+    };
+
+    pub fn is_full(&self) -> bool {
+        *self == Look::FULL
+    }
+}
+
+/// A row that may be claimed: its id and what the claim must compare against.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: RecordId,
+    /// `pending`, or `processing` for a row whose lease has run out.
+    pub status: String,
+    /// The fencing token seen; the rescue of an expired lease compares against it.
+    pub lease_token: String,
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+/// A live query on a table's pending rows: its id on the database, and its hints.
+pub struct Watch {
+    id: surrealdb::types::Value,
+    pub hints: futures::stream::BoxStream<'static, Option<DueHint>>,
+}
+
+/// What a look at a table found.
+#[derive(Debug, Default)]
+pub struct DueRows {
+    /// Higher priorities first, then priority 0 oldest first, lower priorities, expired leases.
+    pub candidates: Vec<Candidate>,
+    /// `due_at` of the oldest due priority-0 row, when such rows filled the limit (a backlog:
+    /// more are likely due after them).
+    pub backlog_from: Option<DateTime<Utc>>,
+}
+
+/// A claimed row: the id, and the rest of the row as JSON for the lenient reader in `claim`.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: RecordId,
+    pub fields: serde_json::Value,
+}
+
+/// How a finished attempt is written back.
+#[derive(Debug, Clone)]
+pub enum WriteBack<'a> {
+    Success,
+    /// Back to `pending`, due `delay` after the write, with the failure appended.
+    Retry {
+        error: ErrorEntry<'a>,
+        /// From the database's now.
+        delay: Duration,
+    },
+    /// `failed`, with the failure appended.
+    Failed {
+        error: ErrorEntry<'a>,
+    },
+}
+
+impl Store {
+    /// Due rows: pending ones by priority (higher first), then oldest first; then processing ones
+    /// whose lease has run out (when `look.expired`). The priority-0 scan starts at `look.from`
+    /// (see [`crate::job::claim::Watermark`] for why). Non-zero priorities are expected to be the
+    /// minority: the priority-0 rows come straight off the index in order, and the others are
+    /// first probed for with a forward `LIMIT 1`. Only when some exist is the `ORDER BY priority
+    /// DESC` query run, in a second round trip: a descending scan starts from the end of
+    /// SurrealKV's memtable and walks back to the range (measured: most of an embedded runner's
+    /// CPU once the memtable held a few thousand finished jobs), so the common case never runs
+    /// one.
+    pub async fn due_candidates(
+        &self,
+        table: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        look: Look,
+    ) -> Result<DueRows, StoreError> {
+        const STATEMENT: &str = "SELECT due rows";
+        let table = Self::table(table)?;
+        // The planner takes one bound of `due_at` as the index range, the first it reads; the
+        // other is a filter. A narrow look's range is its lower bound.
+        let range = if look.from.is_some() {
+            "due_at >= $from AND due_at <= $now"
+        } else {
+            "due_at <= $now"
+        };
+        let expired = if look.expired {
+            format!(
+                "SELECT {CANDIDATE_FIELDS} FROM {table} \
+                   WHERE status = 'processing' AND due_at <= $now ORDER BY due_at LIMIT $limit;"
+            )
+        } else {
+            String::new()
+        };
+        let query = self
+            .db
+            .query(format!(
+                "SELECT VALUE id FROM {table} \
+                   WHERE status = 'pending' AND priority > 0 AND due_at <= $now LIMIT 1; \
+                 SELECT {CANDIDATE_FIELDS} FROM {table} \
+                   WHERE status = 'pending' AND priority = 0 AND {range} \
+                   ORDER BY due_at LIMIT $limit; \
+                 SELECT VALUE id FROM {table} \
+                   WHERE status = 'pending' AND priority < 0 AND due_at <= $now LIMIT 1; \
+                 {expired}"
+            ))
+            .bind(("now", now))
+            .bind(("from", look.from))
+            .bind(("limit", limit as i64));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let higher: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        let normal: Vec<Value> = response.take(1).map_err(query_err(STATEMENT))?;
+        let lower: Vec<Value> = response.take(2).map_err(query_err(STATEMENT))?;
+        let expired: Vec<Value> = if look.expired {
+            response.take(3).map_err(query_err(STATEMENT))?
+        } else {
+            Vec::new()
+        };
+        let (higher, lower) = if higher.is_empty() && lower.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.due_by_priority(table, now, limit).await?
+        };
+        let first_normal = higher.len();
+        let backlog = !normal.is_empty() && normal.len() >= limit;
+        let candidates = higher
+            .into_iter()
+            .chain(normal)
+            .chain(lower)
+            .chain(expired)
+            .map(read_candidate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let backlog_from = candidates
+            .get(first_normal)
+            .filter(|_| backlog)
+            .and_then(|c| c.due_at);
+        Ok(DueRows {
+            candidates,
+            backlog_from,
+        })
+    }
+
+    /// Due pending rows of non-zero priority: higher first, then lower (see
+    /// [`Store::due_candidates`] for why this is a second round trip).
+    async fn due_by_priority(
+        &self,
+        table: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
+        const STATEMENT: &str = "SELECT due rows by priority";
+        let query = self
+            .db
+            .query(format!(
+                "SELECT {CANDIDATE_FIELDS} FROM {table} \
+                   WHERE status = 'pending' AND priority > 0 AND due_at <= $now \
+                   ORDER BY priority DESC, due_at LIMIT $limit; \
+                 SELECT {CANDIDATE_FIELDS} FROM {table} \
+                   WHERE status = 'pending' AND priority < 0 AND due_at <= $now \
+                   ORDER BY priority DESC, due_at LIMIT $limit;"
+            ))
+            .bind(("now", now))
+            .bind(("limit", limit as i64));
+        let mut response = self.exec(STATEMENT, query).await?;
+        Ok((
+            response.take(0).map_err(query_err(STATEMENT))?,
+            response.take(1).map_err(query_err(STATEMENT))?,
+        ))
+    }
+
+    /// Claims pending rows by compare-and-set: a row is taken only if it is still pending and due
+    /// by the database's clock. Returns the rows this call won; rows another runner took are
+    /// simply absent.
+    pub async fn claim_pending(
+        &self,
+        ids: Vec<RecordId>,
+        claim: &Claim<'_>,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        const STATEMENT: &str = "UPDATE ... SET status = 'processing' WHERE status = 'pending'";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = self
+            .db
+            .query(
+                "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $claim_token, \
+                   due_at = time::now() + duration::from_millis($lease_ms), updated_at = time::now() \
+                 WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER",
+            )
+            .bind(("ids", ids))
+            .bind(claim.bindings());
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        rows.into_iter()
+            .map(|row| {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                Ok(ClaimedRow { id, fields })
+            })
+            .collect()
+    }
+
+    /// Takes over a processing row whose lease ran out. The lost attempt is recorded as a failure
+    /// (kind `lease_expired`): the previous call may have reached the backend. `give_up` ends the
+    /// row `failed` instead of claiming it, when it has no attempts left.
+    /// Whether the lease ran out is decided on the database's clock, so a runner whose clock runs
+    /// ahead never takes a job whose owner is still renewing it.
+    pub async fn rescue_expired(
+        &self,
+        candidate: &Candidate,
+        lost: ErrorEntry<'_>,
+        give_up: bool,
+        claim: &Claim<'_>,
+    ) -> Result<Option<ClaimedRow>, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... WHERE status = 'processing' AND lease expired";
+        let set = if give_up {
+            "status = 'failed', assignee = NONE, lease_token = NONE"
+        } else {
+            "retries = $lost_attempt, assignee = $runner, lease_token = $claim_token, \
+             due_at = time::now() + duration::from_millis($lease_ms)"
+        };
+        let errors = lost.set();
+        let query = self
+            .db
+            .query(format!(
+                "UPDATE ONLY $id SET {set}, updated_at = time::now(), \
+                   {errors} \
+                 WHERE status = 'processing' AND (lease_token ?? '') = $seen AND due_at <= time::now() \
+                 RETURN AFTER"
+            ))
+            .bind(("id", candidate.id.clone()))
+            .bind(("seen", candidate.lease_token.clone()))
+            .bind(lost.bindings())
+            .bind(("lost_attempt", i64::from(lost.attempt)))
+            .bind(claim.bindings());
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        match row {
+            Some(row) if !give_up => {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                Ok(Some(ClaimedRow { id, fields }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves the lease end to `lease` from now (the database's now) while the call runs. `false`
+    /// means the lease is gone.
+    pub async fn extend_lease(
+        &self,
+        id: &RecordId,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET due_at (lease)";
+        let query = self
+            .db
+            .query(
+                "UPDATE ONLY $id SET due_at = time::now() + duration::from_millis($lease_ms), \
+                   updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id",
+            )
+            .bind(("id", id.clone()))
+            .bind(("claim_token", token.to_string()))
+            .bind(("lease_ms", lease_millis(lease)));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// Writes the outcome of an attempt, if this runner still holds the lease. `false` means
+    /// another runner owns the job now and nothing was written.
+    pub async fn write_back(
+        &self,
+        id: &RecordId,
+        token: &str,
+        retries: u32,
+        outcome: WriteBack<'_>,
+    ) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... (write back) WHERE lease_token = $claim_token";
+        let set = match outcome {
+            WriteBack::Success => "status = 'success'".to_string(),
+            WriteBack::Retry { error, .. } => {
+                format!(
+                    "status = 'pending', due_at = time::now() + duration::from_millis($delay_ms), {}",
+                    error.set()
+                )
+            }
+            WriteBack::Failed { error } => {
+                format!("status = 'failed', {}", error.set())
+            }
+        };
+        let mut query = self
+            .db
+            .query(format!(
+                "UPDATE ONLY $id SET {set}, retries = $retries, assignee = NONE, lease_token = NONE, \
+                   updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id"
+            ))
+            .bind(("id", id.clone()))
+            .bind(("claim_token", token.to_string()))
+            .bind(("retries", i64::from(retries)));
+        match outcome {
+            WriteBack::Success => {}
+            WriteBack::Retry { error, delay } => {
+                query = query
+                    .bind(error.bindings())
+                    .bind(("delay_ms", lease_millis(delay)));
+            }
+            WriteBack::Failed { error } => {
+                query = query.bind(error.bindings());
+            }
+        }
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// Records several successes in one statement, each fenced by its own claim token: a burst
+    /// of finished jobs then costs one commit instead of one each. `retries` is left as it is,
+    /// which is what a success writes. Returns the ids written; an id missing from the answer
+    /// lost its lease and nothing was written for it.
+    pub async fn write_successes(
+        &self,
+        fences: Vec<(RecordId, String)>,
+    ) -> Result<Vec<RecordId>, StoreError> {
+        const STATEMENT: &str =
+            "UPDATE $ids SET status = 'success' WHERE [id, lease_token] INSIDE $fences";
+        if fences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<RecordId> = fences.iter().map(|(id, _)| id.clone()).collect();
+        let query = self
+            .db
+            .query(
+                "UPDATE $ids SET status = 'success', assignee = NONE, lease_token = NONE, \
+                   updated_at = time::now() \
+                 WHERE status = 'processing' AND [id, lease_token] INSIDE $fences RETURN id",
+            )
+            .bind(("ids", ids))
+            .bind(("fences", fences));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        rows.into_iter()
+            .map(|row| split_row(row, STATEMENT).map(|(id, _)| id))
+            .collect()
+    }
+
+    /// Puts a claimed row back to `pending` without spending an attempt (shutdown).
+    pub async fn release(&self, id: &RecordId, token: &str) -> Result<bool, StoreError> {
+        const STATEMENT: &str = "UPDATE ONLY ... SET status = 'pending' (release)";
+        let query = self
+            .db
+            .query(
+                "UPDATE ONLY $id SET status = 'pending', assignee = NONE, lease_token = NONE, \
+                   due_at = time::now(), updated_at = time::now() \
+                 WHERE status = 'processing' AND lease_token = $claim_token RETURN id",
+            )
+            .bind(("id", id.clone()))
+            .bind(("claim_token", token.to_string()));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.is_some())
+    }
+
+    /// A stream that yields once per change to a pending row of `table`, with the row's id when
+    /// it is due already: the runner claims such a row straight away, without first asking which
+    /// rows are due. Notifications are only ever a hint; the due query stays the source of truth
+    /// (notifications can be missed, and a hinted row may be taken by another runner first).
+    ///
+    /// End it with [`Store::end_watch`] on this same store: dropping the stream alone leaves the
+    /// live query running on the database (the SDK kills it from another session, which the
+    /// server refuses), and each one left behind costs the database work on every write to the
+    /// table.
+    pub async fn watch_pending(&self, table: &str) -> Result<Watch, StoreError> {
+        const STATEMENT: &str = "LIVE SELECT";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "LIVE SELECT id, due_at FROM {table} WHERE status = 'pending'"
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let id: surrealdb::types::Value = response.take(0).map_err(query_err(STATEMENT))?;
+        let stream = response
+            .stream::<surrealdb::Notification<Value>>(0)
+            .map_err(query_err(STATEMENT))?;
+        let hints = stream
+            .map(|item| {
+                let notification = item.ok()?;
+                match notification.action {
+                    surrealdb::types::Action::Create | surrealdb::types::Action::Update => {
+                        due_hint(notification.data, Utc::now())
+                    }
+                    _ => None,
+                }
+            })
+            .boxed();
+        Ok(Watch { id, hints })
+    }
+
+    /// Ends a live query started by [`Store::watch_pending`] on this store.
+    pub async fn end_watch(&self, watch: Watch) -> Result<(), StoreError> {
+        const STATEMENT: &str = "KILL";
+        let Watch { id, hints } = watch;
+        drop(hints);
+        self.exec(STATEMENT, self.db.query("KILL $id").bind(("id", id)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Who claims a row, with which fencing token, for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// Names the runner in `assignee`.
+    pub runner: &'a str,
+    /// The fencing token every later write of this claim must present.
+    pub token: &'a str,
+    /// How long the claim holds from the database's now, unless renewed.
+    pub lease: Duration,
+}
+
+impl Claim<'_> {
+    fn bindings(&self) -> surrealdb::types::Object {
+        let mut vars = surrealdb::types::Object::new();
+        vars.insert("runner", self.runner.to_string());
+        vars.insert("claim_token", self.token.to_string());
+        vars.insert("lease_ms", lease_millis(self.lease));
+        vars
+    }
+}
+
+/// A lease in whole milliseconds for `duration::from_millis` (the limits keep it far below
+/// `i64::MAX`).
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the due query reads of a candidate row.
+const CANDIDATE_FIELDS: &str = "id, status, lease_token, due_at";
+
+fn read_candidate(row: Value) -> Result<Candidate, StoreError> {
+    let (id, fields) = split_row(row, "SELECT due rows")?;
+    Ok(Candidate {
+        id,
+        status: fields["status"].as_str().unwrap_or_default().to_string(),
+        lease_token: fields["lease_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        due_at: fields["due_at"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&Utc)),
+    })
+}
+
+/// A pending row a live query reported as due.
+#[derive(Debug, Clone)]
+pub struct DueHint {
+    pub id: RecordId,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Reads a live-query row into a hint when it is due at `now`.
+fn due_hint(row: Value, now: DateTime<Utc>) -> Option<DueHint> {
+    let Value::Object(object) = row else {
+        return None;
+    };
+    let mut map = object.into_inner();
+    let Some(Value::RecordId(id)) = map.remove("id") else {
+        return None;
+    };
+    let Some(Value::Datetime(due_at)) = map.remove("due_at") else {
+        return None;
+    };
+    let due_at: DateTime<Utc> = due_at.into();
+    (due_at <= now).then_some(DueHint { id, due_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_due_rows_become_hints() {
+        let now = Utc::now();
+        let row = |due_at: DateTime<Utc>| {
+            let mut object = surrealdb::types::Object::new();
+            object.insert("id", RecordId::new("job", "a"));
+            object.insert("due_at", surrealdb::types::Datetime::from(due_at));
+            Value::Object(object)
+        };
+        let hint = due_hint(row(now - chrono::Duration::milliseconds(1)), now).unwrap();
+        assert_eq!(hint.id, RecordId::new("job", "a"));
+        assert!(due_hint(row(now + chrono::Duration::seconds(5)), now).is_none());
+        assert!(due_hint(Value::None, now).is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! The job table's definition (`schema/job.surql`), reading what a table has, and preparing it.
+
+use std::collections::BTreeMap;
+
+use surrealdb::types::Value;
+
+use super::{Store, StoreError, ident, query_err};
+
+/// The shipped schema, written for a table named `job`.
+pub const SCHEMA: &str = include_str!("../../schema/job.surql");
+
+/// Fields the claim query reads on every table, SCHEMAFULL or not: their defaults are what put a
+/// row written by a Sp00ky client into the queue.
+pub const QUEUE_FIELDS: [&str; 2] = ["due_at", "priority"];
+
+/// The field that marks a schedule's row; written only by backends with schedules.
+pub const SCHEDULE_FIELD: &str = "schedule";
+
+/// Fields the runner writes: a SCHEMAFULL table without them cannot store its results.
+pub const RUNNER_FIELDS: [&str; 7] = [
+    "status",
+    "retries",
+    "errors",
+    "updated_at",
+    "due_at",
+    "assignee",
+    "lease_token",
+];
+
+/// What `INFO FOR TABLE` says, reduced to what the start-up check needs.
+#[derive(Debug, Clone, Default)]
+pub struct TableInfo {
+    pub exists: bool,
+    pub schemafull: bool,
+    pub fields: BTreeMap<String, String>,
+    pub indexes: BTreeMap<String, String>,
+}
+
+impl Store {
+    /// `DEFINE NAMESPACE` and `DEFINE DATABASE`, idempotently.
+    pub async fn define_namespace_and_database(&self) -> Result<(), StoreError> {
+        const STATEMENT: &str = "DEFINE NAMESPACE IF NOT EXISTS; DEFINE DATABASE IF NOT EXISTS";
+        let ns = ident(&self.settings.namespace);
+        let db = ident(&self.settings.database);
+        let query = self.db.query(format!(
+            "DEFINE NAMESPACE IF NOT EXISTS {ns}; USE NS {ns}; DEFINE DATABASE IF NOT EXISTS {db};"
+        ));
+        self.exec(STATEMENT, query).await?;
+        Ok(())
+    }
+
+    /// Checks that the namespace and database exist, with an error that says how to fix it.
+    pub async fn check_database(&self) -> Result<(), StoreError> {
+        match self.exec("INFO FOR DB", self.db.query("INFO FOR DB")).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Query { source, .. })
+                if source.to_string().contains("does not exist") =>
+            {
+                Err(StoreError::Missing {
+                    namespace: self.settings.namespace.clone(),
+                    database: self.settings.database.clone(),
+                    source,
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    pub async fn table_info(&self, table: &str) -> Result<TableInfo, StoreError> {
+        let table = Self::table(table)?;
+        let query = self.db.query("INFO FOR DB");
+        let mut response = self.exec("INFO FOR DB", query).await?;
+        let db_info: Option<serde_json::Value> =
+            response.take(0).map_err(query_err("INFO FOR DB"))?;
+        let db_info = db_info.unwrap_or_default();
+        let Some(definition) = db_info
+            .get("tables")
+            .and_then(|t| t.get(table))
+            .and_then(|d| d.as_str())
+        else {
+            return Ok(TableInfo::default());
+        };
+        let query = self.db.query(format!("INFO FOR TABLE {table}"));
+        let mut response = self.exec("INFO FOR TABLE", query).await?;
+        let info: Option<serde_json::Value> =
+            response.take(0).map_err(query_err("INFO FOR TABLE"))?;
+        let info = info.unwrap_or_default();
+        let strings = |key: &str| -> BTreeMap<String, String> {
+            info.get(key)
+                .and_then(|v| v.as_object())
+                .map(|map| {
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(TableInfo {
+            exists: true,
+            schemafull: definition.contains("SCHEMAFULL"),
+            fields: strings("fields"),
+            indexes: strings("indexes"),
+        })
+    }
+
+    /// Applies the shipped schema to `table`; every statement is `IF NOT EXISTS`.
+    pub async fn apply_schema(&self, table: &str) -> Result<(), StoreError> {
+        let table = Self::table(table)?;
+        self.exec("schema/job.surql", self.db.query(schema_for(table)))
+            .await?;
+        Ok(())
+    }
+
+    /// Rows written before the table had a `due_at` default (or by Sp00ky's reference runner,
+    /// which leaves crashed jobs `processing` forever) get one, so the claim query sees them.
+    pub async fn backfill_due(&self, table: &str) -> Result<usize, StoreError> {
+        const STATEMENT: &str = "UPDATE ... SET due_at, priority WHERE either is NONE";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "UPDATE {table} SET due_at = due_at ?? created_at ?? time::now(), priority = priority ?? 0 \
+                 WHERE (due_at = NONE OR priority = NONE) AND status IN ['pending', 'processing'] RETURN id"
+        ));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(rows.len())
+    }
+}
+
+/// The shipped schema with every whole-word `job` (outside comments) renamed to `table`.
+pub fn schema_for(table: &str) -> String {
+    SCHEMA
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .map(|line| rename_word(line, "job", table))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The statements that define `fields` on `table`, copied from the shipped schema, for the
+/// start-up refusal message.
+pub fn definitions_for(table: &str, fields: &[&str]) -> String {
+    let schema = schema_for(table);
+    let mut out = Vec::new();
+    for statement in schema.split(';') {
+        let statement = statement.trim();
+        let defines = |field: &str| {
+            statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field} ON"))
+                || statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field}.*."))
+        };
+        if fields.iter().any(|f| defines(f))
+            || (statement.starts_with("DEFINE INDEX")
+                && QUEUE_FIELDS.iter().any(|f| fields.contains(f)))
+        {
+            out.push(format!("{statement};"));
+        }
+    }
+    out.join("\n")
+}
+
+fn rename_word(line: &str, word: &str, replacement: &str) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        // `job_due` (the index name) is renamed too, so a second table gets its own index name.
+        let starts = before.is_none_or(|c| !is_word(c));
+        let ends = after.is_none_or(|c| !is_word(c) || c == '_');
+        if starts && ends {
+            out.push_str(replacement);
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_renames_only_the_table() {
+        let schema = schema_for("spooky_jobs");
+        assert!(schema.contains("DEFINE TABLE IF NOT EXISTS spooky_jobs TYPE NORMAL SCHEMAFULL"));
+        assert!(schema.contains(
+            "DEFINE INDEX IF NOT EXISTS spooky_jobs_due ON spooky_jobs FIELDS status, priority, due_at"
+        ));
+        assert!(!schema.contains(" job "));
+        assert!(!schema.contains("--"));
+    }
+    #[test]
+    fn definitions_cover_the_missing_fields() {
+        let text = definitions_for("job", &["due_at", "lease_token"]);
+        assert!(text.contains("DEFINE FIELD IF NOT EXISTS due_at ON job"));
+        assert!(text.contains("DEFINE FIELD IF NOT EXISTS lease_token ON job"));
+        assert!(text.contains("DEFINE INDEX IF NOT EXISTS job_due"));
+        assert!(!text.contains("DEFINE FIELD IF NOT EXISTS status"));
+        let errors = definitions_for("job", &["errors"]);
+        assert!(errors.contains("errors.*.kind"));
+    }
+}
