@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde_json::Value;
 use surrealdb::types::{RecordId, ToSql};
 
@@ -87,6 +88,9 @@ pub struct Claimer {
     /// runner whose clock is off.
     pub clock_offset: chrono::TimeDelta,
 }
+
+/// How many expired leases one round takes over at once.
+const RESCUES_AT_ONCE: usize = 16;
 
 /// How often a claim is tried again when SurrealDB reports a transaction conflict.
 const CONFLICT_ATTEMPTS: u32 = 5;
@@ -170,9 +174,15 @@ impl Claimer {
             .partition(|c| c.status == "processing");
         let mut jobs = Vec::new();
         let mut failed = None;
-        // One row that cannot be rescued must not hold up the others, nor the pending rows.
-        for candidate in expired.into_iter().take(limit) {
-            match self.rescue(store, &candidate).await {
+        // Rescues are independent (each reads its row and takes it with its own token), so they
+        // run side by side: a dead runner's jobs come back together. One row that cannot be
+        // rescued must not hold up the others, nor the pending rows.
+        let rescues = futures::stream::iter(expired.into_iter().take(limit))
+            .map(|candidate| async move { self.rescue(store, &candidate).await })
+            .buffer_unordered(RESCUES_AT_ONCE);
+        let rescued: Vec<_> = rescues.collect().await;
+        for result in rescued {
+            match result {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) => {}
                 Err(e) => failed = Some(e),

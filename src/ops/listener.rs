@@ -153,7 +153,8 @@ async fn enqueue(
 ) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        // Every body the API cannot read is the caller's mistake: 400, with serde's message.
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
     match state.admin.enqueue(request).await {
         Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.to_sql() }))).into_response(),

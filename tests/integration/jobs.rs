@@ -116,18 +116,25 @@ async fn path_templates_are_filled_from_the_payload() {
     let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
 
     let id = job("/threads/{id}/summary")
+        .payload(json!({"id": "a b/c?d"}))
+        .max_retries(0)
+        .insert(&store)
+        .await;
+    // A `..` between slashes would climb out behind a proxy that decodes `%2F`: refused.
+    let climbing = job("/threads/{id}/summary")
         .payload(json!({"id": "a b/../c?d"}))
         .max_retries(0)
         .insert(&store)
         .await;
     let done = wait_final(&store, &id, WAIT).await;
+    let refused = wait_final(&store, &climbing, WAIT).await;
     runner.stop().await;
 
     assert_eq!(done["status"], "success", "{done}");
-    assert_eq!(
-        backend.requests()[0].target,
-        "/threads/a%20b%2F..%2Fc%3Fd/summary"
-    );
+    assert_eq!(refused["errors"][0]["kind"], "route", "{refused}");
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].target, "/threads/a%20b%2Fc%3Fd/summary");
 }
 
 #[tokio::test]

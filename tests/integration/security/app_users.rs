@@ -53,7 +53,7 @@ async fn rows(session: &Surreal<Any>, query: &str) -> surrealdb::Result<Vec<Valu
 /// Creates a job as `session` does through `db.run`; its id.
 async fn create_as(session: &Surreal<Any>, key: &str, extra: &str) -> surrealdb::Result<Value> {
     let query = format!(
-        "CREATE ONLY job:{key} SET path = '/spookify', payload = '{{\"id\":\"t\"}}', max_retries = 0{extra} RETURN id"
+        "CREATE ONLY job:{key} SET path = '/spookify', payload = '{{\"id\":\"t\"}}', max_retries = 0{extra} RETURN VALUE id"
     );
     let mut response = session.query(query).await?.check()?;
     let id: Option<surrealdb::types::Value> = response.take(0)?;
