@@ -53,8 +53,10 @@ mod tests {
         if is("float") {
             return Some(json!(text.parse::<f64>().ok()?));
         }
-        if text.to_ascii_lowercase().trim_start_matches(['+', '-']) == ".inf"
-            || text.to_ascii_lowercase() == ".nan"
+        if text
+            .trim_start_matches(['+', '-'])
+            .eq_ignore_ascii_case(".inf")
+            || text.eq_ignore_ascii_case(".nan")
         {
             return None;
         }

@@ -31,19 +31,16 @@ pub enum Segment {
     Param(String),
 }
 
-/// What a parameter value's segment encodes: everything but ASCII letters, digits, `-._~`, the
-/// sub-delimiters other than `;` (`!$&'()*+,=`) and `:@`. Non-ASCII is always encoded, as UTF-8.
-/// `;` is encoded because some servers cut a segment at `;` (path parameters).
-const PARAM_SEGMENT: &AsciiSet = &CONTROLS
+/// What RFC 3986 allows in no part of a URL's path or fragment: controls, space, `"`, `#`, `%`,
+/// `<`, `>`, `[`, `\`, `]`, `^`, the backtick, `{`, `|` and `}`. A JSON pointer in a fragment
+/// (`validate`) encodes these too.
+pub(crate) const URL_UNSAFE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')
     .add(b'%')
-    .add(b'/')
-    .add(b';')
     .add(b'<')
     .add(b'>')
-    .add(b'?')
     .add(b'[')
     .add(b'\\')
     .add(b']')
@@ -52,6 +49,11 @@ const PARAM_SEGMENT: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'|')
     .add(b'}');
+
+/// What a parameter value's segment encodes: everything but ASCII letters, digits, `-._~`, the
+/// sub-delimiters other than `;` (`!$&'()*+,=`) and `:@`. Non-ASCII is always encoded, as UTF-8.
+/// `;` is encoded because some servers cut a segment at `;` (path parameters).
+const PARAM_SEGMENT: &AsciiSet = &URL_UNSAFE.add(b'/').add(b';').add(b'?');
 
 /// What a literal segment of a template encodes: the set `url` uses when a segment is pushed
 /// onto a special (http, https) URL, so declared routes are sent exactly as before.

@@ -314,7 +314,8 @@ fn compile(root: &Value, pointer: &str, is_31: bool) -> Result<Validator, String
         return Err("the document is not a mapping".into());
     };
     // The pointer becomes a URI fragment: characters like `{` of `/threads/{id}` must be encoded.
-    let fragment = percent_encoding::utf8_percent_encode(pointer, FRAGMENT);
+    let fragment =
+        percent_encoding::utf8_percent_encode(pointer, crate::job::url_guard::URL_UNSAFE);
     map.insert("$ref".into(), Value::String(format!("#{fragment}")));
     // Keywords of the OpenAPI document itself would otherwise be read as schema keywords.
     for key in ["$schema", "$id", "id"] {
@@ -350,23 +351,6 @@ fn rewrite_nullable(value: &mut Value) {
         _ => {}
     }
 }
-
-/// What a URI fragment cannot hold literally (RFC 3986), so a JSON pointer must encode it.
-const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
 
 /// JSON pointer escaping of one reference token.
 fn escape(token: &str) -> String {

@@ -23,8 +23,6 @@ use crate::ops::admin::{Admin, AdminError, EnqueueRequest, ListQuery};
 use crate::runner::RunnerStatus;
 use crate::store::Store;
 
-/// Default listener: loopback only.
-
 /// What the handlers share.
 #[derive(Clone)]
 pub struct OpsState {

@@ -280,6 +280,18 @@ pub async fn start_runner(
     }
 }
 
+/// The one place a test starts the service: a fresh embedded database, a runner serving the
+/// fixture backend `api` at `backend_url` (table `job`), `row` inserted and run to its end. The
+/// finished row.
+pub async fn run_one(backend_url: &str, row: NewRow) -> Value {
+    let store = mem_store().await;
+    let runner = start_runner(&store, backends(backend_url, "job"), fast_options("r1")).await;
+    let id = row.insert(&store).await;
+    let done = wait_final(&store, &id, Duration::from_secs(20)).await;
+    runner.stop().await;
+    done
+}
+
 /// A job as a Sp00ky client writes it (`payload` a JSON string), with the contract's defaults:
 /// `job("/spookify").payload(json!({"id": "t"})).max_retries(0).insert(&store).await`.
 pub fn job(path: &str) -> NewRow {
@@ -447,4 +459,36 @@ pub fn init_logs() {
             .with_ansi(false)
             .init();
     });
+}
+
+/// Defines the app's users and its record access, as a Sp00ky app does.
+pub async fn define_app_access(store: &Store) {
+    store
+        .raw(
+            "DEFINE TABLE user SCHEMALESS PERMISSIONS FULL;
+             DEFINE ACCESS app ON DATABASE TYPE RECORD
+                SIGNUP (CREATE user SET name = $name)
+                SIGNIN (SELECT * FROM user WHERE name = $name)
+                DURATION FOR SESSION 1h;",
+        )
+        .await
+        .unwrap();
+}
+
+/// A session of its own, signed up as the app user `name`.
+pub async fn app_user(
+    store: &Store,
+    name: &str,
+) -> surrealdb::Surreal<surrealdb::engine::any::Any> {
+    let session = store.client().clone();
+    session
+        .signup(surrealdb::opt::auth::Record {
+            namespace: "test".into(),
+            database: "test".into(),
+            access: "app".into(),
+            params: json!({"name": name}),
+        })
+        .await
+        .expect("record signup works");
+    session
 }

@@ -195,19 +195,14 @@ async fn server_errors_are_retried_until_success() {
 
 #[tokio::test]
 async fn client_errors_are_permanent() {
-    let store = mem_store().await;
     let backend =
         TestBackend::start(|_, _| Reply::status(422).body("{\"error\":\"thread is archived\"}"))
             .await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
-
-    let id = job("/spookify")
-        .payload(json!({"id": "t"}))
-        .max_retries(5)
-        .insert(&store)
-        .await;
-    let done = wait_final(&store, &id, WAIT).await;
-    runner.stop().await;
+    let done = run_one(
+        &backend.url,
+        job("/spookify").payload(json!({"id": "t"})).max_retries(5),
+    )
+    .await;
 
     assert_eq!(done["status"], "failed");
     assert_eq!(done["retries"], 0);
@@ -225,17 +220,12 @@ async fn client_errors_are_permanent() {
 
 #[tokio::test]
 async fn retries_stop_after_max_retries() {
-    let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::status(502)).await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
-
-    let id = job("/spookify")
-        .payload(json!({"id": "t"}))
-        .max_retries(2)
-        .insert(&store)
-        .await;
-    let done = wait_final(&store, &id, WAIT).await;
-    runner.stop().await;
+    let done = run_one(
+        &backend.url,
+        job("/spookify").payload(json!({"id": "t"})).max_retries(2),
+    )
+    .await;
 
     assert_eq!(done["status"], "failed");
     assert_eq!(done["retries"], 2, "two retries after the first attempt");
@@ -246,17 +236,12 @@ async fn retries_stop_after_max_retries() {
 
 #[tokio::test]
 async fn max_retries_zero_means_a_single_attempt() {
-    let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::status(500)).await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
-
-    let id = job("/spookify")
-        .payload(json!({"id": "t"}))
-        .max_retries(0)
-        .insert(&store)
-        .await;
-    let done = wait_final(&store, &id, WAIT).await;
-    runner.stop().await;
+    let done = run_one(
+        &backend.url,
+        job("/spookify").payload(json!({"id": "t"})).max_retries(0),
+    )
+    .await;
 
     assert_eq!(done["status"], "failed");
     assert_eq!(done["retries"], 0);
@@ -265,21 +250,13 @@ async fn max_retries_zero_means_a_single_attempt() {
 
 #[tokio::test]
 async fn retry_after_delays_the_next_attempt() {
-    let store = mem_store().await;
     let backend = TestBackend::start(|_, earlier| match earlier {
         0 => Reply::status(429).header("retry-after", "1"),
         _ => Reply::ok(),
     })
     .await;
     // Base 50 ms: without the header the retry would come almost at once.
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
-
-    let id = job("/spookify")
-        .payload(json!({"id": "t"}))
-        .insert(&store)
-        .await;
-    let done = wait_final(&store, &id, WAIT).await;
-    runner.stop().await;
+    let done = run_one(&backend.url, job("/spookify").payload(json!({"id": "t"}))).await;
 
     assert_eq!(done["status"], "success");
     assert_eq!(done["errors"][0]["code"], 429);

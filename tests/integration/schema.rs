@@ -3,7 +3,6 @@
 use serde_json::json;
 use sp00ky_job_runner::commands::{AppError, prepare_tables};
 use sp00ky_job_runner::store;
-use surrealdb::opt::auth::Record;
 
 use crate::helpers::*;
 
@@ -114,25 +113,8 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
 async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
     let store = mem_store().await;
     store.apply_schema("job").await.unwrap();
-    store
-        .raw(
-            "DEFINE TABLE user SCHEMALESS PERMISSIONS FULL;
-             DEFINE ACCESS app ON DATABASE TYPE RECORD
-                SIGNUP (CREATE user SET name = $name)
-                SIGNIN (SELECT * FROM user WHERE name = $name)
-                DURATION FOR SESSION 1h;",
-        )
-        .await
-        .unwrap();
-    let app = store.client().clone();
-    app.signup(Record {
-        namespace: "test".into(),
-        database: "test".into(),
-        access: "app".into(),
-        params: json!({"name": "ada"}),
-    })
-    .await
-    .expect("record signup works");
+    define_app_access(&store).await;
+    let app = app_user(&store, "ada").await;
 
     let created = app
         .query("CREATE ONLY job:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa SET path = '/spookify', payload = '{\"id\":\"t\"}', max_retries = 1 RETURN status, retries, errors")

@@ -6,42 +6,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sp00ky_job_runner::store::Store;
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
-use surrealdb::opt::auth::Record;
 
 use super::WAIT;
 use crate::helpers::*;
-
-/// Defines the app's users and its record access, as a Sp00ky app does.
-async fn define_app_access(store: &Store) {
-    store
-        .raw(
-            "DEFINE TABLE user SCHEMALESS PERMISSIONS FULL;
-             DEFINE ACCESS app ON DATABASE TYPE RECORD
-                SIGNUP (CREATE user SET name = $name)
-                SIGNIN (SELECT * FROM user WHERE name = $name)
-                DURATION FOR SESSION 1h;",
-        )
-        .await
-        .unwrap();
-}
-
-/// A session of its own, signed up as the app user `name`.
-async fn app_user(store: &Store, name: &str) -> Surreal<Any> {
-    let session = store.client().clone();
-    session
-        .signup(Record {
-            namespace: "test".into(),
-            database: "test".into(),
-            access: "app".into(),
-            params: json!({"name": name}),
-        })
-        .await
-        .expect("record signup works");
-    session
-}
 
 /// Runs `query` in `session`; the first statement's rows as JSON.
 async fn rows(session: &Surreal<Any>, query: &str) -> surrealdb::Result<Vec<Value>> {

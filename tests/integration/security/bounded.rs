@@ -117,7 +117,6 @@ async fn errors_keep_a_bounded_history() {
 /// cut would otherwise survive in part.
 #[tokio::test]
 async fn excerpts_are_scrubbed_before_they_are_cut() {
-    let store = mem_store().await;
     let backend = TestBackend::start(|request, _| {
         let echoed = request
             .header("authorization")
@@ -127,14 +126,11 @@ async fn excerpts_are_scrubbed_before_they_are_cut() {
         Reply::status(400).body(format!("{}{echoed}", "e".repeat(283)))
     })
     .await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
-    let id = job("/spookify")
-        .payload(json!({"id": "t"}))
-        .max_retries(0)
-        .insert(&store)
-        .await;
-    let done = wait_final(&store, &id, WAIT).await;
-    runner.stop().await;
+    let done = run_one(
+        &backend.url,
+        job("/spookify").payload(json!({"id": "t"})).max_retries(0),
+    )
+    .await;
     let reason = done["errors"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("[redacted]"), "{reason}");
     assert!(
