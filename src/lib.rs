@@ -2,27 +2,28 @@
 //!
 //! # Layout
 //!
-//! Dependencies point down this list: a module uses the ones below it, never one above.
+//! Folders name the concerns; dependencies point down this list (a module uses the ones below
+//! it, and `store` uses nothing else of the crate).
 //!
-//! - [`commands`]: what a user starts. `args` (flags as given), `settings` (flags, environment
-//!   and file merged once), `service` (`run`: tables, runner, listener, systemd), `check`,
-//!   `jobs` (the CLI's job verbs), `dev`, `bench/`, `logging`.
+//! - [`commands`]: what a user starts, a file each: `args` (flags as given), `settings` (flags,
+//!   environment and file merged once), `service` (`run`: tables, runner, listener, scheduler,
+//!   systemd), `check` (`check`, `schema`), `jobs` (`enqueue`, `jobs ...`, `health`), `dev`,
+//!   `bench/` (`limit`, `phases`, `report`, `backend`), `logging`, `error` (exit codes).
 //! - [`ops`]: what an operator sees while it runs: `listener` (health, readiness, metrics and the
 //!   admin API over HTTP), `admin` (the verbs behind that API and the `jobs` commands),
 //!   `metrics`.
-//! - [`schedule`]: recurring jobs, when they fire (`mod.rs`) and creating their rows
-//!   (`scheduler`).
-//! - [`runner`]: the loop. `mod.rs` claims while there is room; `slots` bounds concurrency;
-//!   `watch` turns live-query notifications into wake-ups; `status` is what health and metrics
-//!   read.
-//! - [`job`]: the life of one job, in the order it happens: `claim` → `row` → `validate` →
-//!   `call` → `record`, tied together by `attempt`; with `failure` (the error shape) and
-//!   `retry` (the delay formula).
-//! - [`config`]: the backends, from `sp00ky.yml` or `SPKY_JOB_CONFIG`, and every default and
-//!   range (`limits`).
+//! - [`schedule`]: recurring jobs and when they fire (`mod.rs`); `scheduler` creates their rows.
+//! - [`runner`]: the loop (`mod.rs`: claims while there is room), `slots` (concurrency), `watch`
+//!   (live-query wake-ups), `status` (what health and metrics read).
+//! - [`job`]: the life of one job, in the order it happens: `claim` → `row` → `validate` (with
+//!   `url_guard`) → `call` → `record`, tied together by `attempt`; `failure` (the error shape,
+//!   the bounded history) and `retry` (the delay formula).
+//! - [`config`]: the backends: `file` (sp00ky.yml), `schedules`, `env` (`SPKY_JOB_CONFIG`,
+//!   `${VAR}`, dotenv), `walk` (key-naming readers), `yaml` (YAML 1.2), and `limits` (every
+//!   default and range).
 //! - [`store`]: the only module that speaks SurrealQL: `queue` (the hot path: find, claim,
-//!   renew, write back, watch), `jobs` (create, read, list, retry, cancel, count), `schema`
-//!   (the table definition, inspection and preparation), `schedules` (the scheduler's ticks).
+//!   renew, write back, watch), `jobs` (create, read, list, retry, cancel, count, delete),
+//!   `schema` (the table definition, inspection and preparation), `schedules` (ticks).
 
 pub mod commands;
 pub mod config;

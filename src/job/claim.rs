@@ -118,18 +118,18 @@ impl Claimer {
     }
 
     /// Claims up to `limit` due jobs of `table`: rows with an expired lease first (they are the
-    /// oldest work), then pending rows oldest first.
+    /// oldest work), then pending rows oldest first. `at` is when the look is made, for the
+    /// watermark (tests pass a later instant instead of waiting for one).
     pub async fn claim(
         &self,
         store: &Store,
         table: &str,
         limit: usize,
         watermark: &mut Watermark,
+        at: Instant,
     ) -> Result<Vec<Job>, StoreError> {
-        let found = self
-            .find(store, table, limit, watermark.look(Instant::now()))
-            .await?;
-        watermark.saw(&found, Instant::now());
+        let found = self.find(store, table, limit, watermark.look(at)).await?;
+        watermark.saw(&found, at);
         self.take(store, found, limit).await
     }
 

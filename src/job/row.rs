@@ -135,28 +135,7 @@ fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
                 })?,
         ),
     };
-    let payload = fields.get("payload");
-    let size = match payload {
-        Some(Value::String(text)) => text.len(),
-        Some(value) => serde_json::to_string(value).map_or(usize::MAX, |text| text.len()),
-        None => 0,
-    };
-    if size > row_limits.payload_bytes {
-        return Err(bad(format!(
-            "`payload` is {size} bytes, more than the backend's limit of {} (limits.payloadBytes)",
-            row_limits.payload_bytes
-        )));
-    }
-    let payload = match payload {
-        None => Value::Null,
-        Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
-            Failure::new(
-                FailureKind::Validation,
-                format!("`payload` is a string but not JSON: {e}"),
-            )
-        })?,
-        Some(value) => value.clone(),
-    };
+    let payload = read_payload(fields.get("payload"), row_limits)?;
     Ok(JobRow {
         path,
         payload,
@@ -164,6 +143,38 @@ fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
         strategy,
         timeout,
     })
+}
+
+/// The payload within the size limit, parsed when it is a JSON string (what Sp00ky's client
+/// stores). The size is checked first, so an oversized payload costs no parse.
+fn read_payload(payload: Option<&Value>, row_limits: &RowLimits) -> Result<Value, Failure> {
+    let size = match payload {
+        Some(Value::String(text)) => text.len(),
+        Some(value) => serde_json::to_string(value).map_or(usize::MAX, |text| text.len()),
+        None => 0,
+    };
+    if size > row_limits.payload_bytes {
+        return Err(Failure::new(
+            FailureKind::Row,
+            format!(
+                "`payload` is {size} bytes, more than the backend's limit of {} (limits.payloadBytes)",
+                row_limits.payload_bytes
+            ),
+        ));
+    }
+    match payload {
+        None => Ok(Value::Null),
+        Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+            Failure::new(
+                FailureKind::Validation,
+                format!(
+                    "`payload` is a string but not JSON: {}",
+                    excerpt(&e.to_string(), 200)
+                ),
+            )
+        }),
+        Some(value) => Ok(value.clone()),
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {

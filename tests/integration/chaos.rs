@@ -251,33 +251,10 @@ async fn a_backend_outage_is_ridden_out_on_schedule() {
     let mut attempts = Vec::new();
     for (ids, strategy) in [(&linear, "linear"), (&exponential, "exponential")] {
         for id in ids.iter() {
-            let done = row(&store, id).await;
-            let errors = done["errors"].as_array().unwrap();
-            assert!(!errors.is_empty(), "{done}");
-            assert!(
-                errors
-                    .iter()
-                    .all(|e| e["kind"] == "transport" && e["code"] == 0),
-                "{done}"
-            );
-            let times: Vec<chrono::DateTime<chrono::Utc>> = errors
-                .iter()
-                .map(|e| e["at"].as_str().unwrap().parse().unwrap())
-                .collect();
-            for (n, pair) in times.windows(2).enumerate() {
-                let retry = n as u32 + 1;
-                let nominal = match strategy {
-                    "linear" => Duration::from_secs(u64::from(retry)),
-                    _ => Duration::from_secs(1 << (retry - 1)),
-                }
-                .min(Duration::from_secs(4));
-                let gap = (pair[1] - pair[0]).to_std().unwrap();
-                assert!(
-                    gap >= nominal.mul_f64(0.8),
-                    "{strategy} retry {retry} came after {gap:?}: {done}"
-                );
-            }
-            attempts.push(errors.len() + 1);
+            attempts.push(retries_kept_their_schedule(
+                &row(&store, id).await,
+                strategy,
+            ));
         }
     }
     report(
@@ -291,6 +268,38 @@ async fn a_backend_outage_is_ridden_out_on_schedule() {
     );
     assert_eq!(per_job(&backend.requests()).len(), all.len());
     drop(runner);
+}
+
+/// Checks that every failed attempt of `done` was a transport error and that each retry waited
+/// at least its nominal delay (less the jitter) on the `strategy` schedule of the outage test
+/// (base 1 s, cap 4 s); returns the job's attempts.
+fn retries_kept_their_schedule(done: &serde_json::Value, strategy: &str) -> usize {
+    let errors = done["errors"].as_array().unwrap();
+    assert!(!errors.is_empty(), "{done}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["kind"] == "transport" && e["code"] == 0),
+        "{done}"
+    );
+    let times: Vec<chrono::DateTime<chrono::Utc>> = errors
+        .iter()
+        .map(|e| e["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    for (n, pair) in times.windows(2).enumerate() {
+        let retry = n as u32 + 1;
+        let nominal = match strategy {
+            "linear" => Duration::from_secs(u64::from(retry)),
+            _ => Duration::from_secs(1 << (retry - 1)),
+        }
+        .min(Duration::from_secs(4));
+        let gap = (pair[1] - pair[0]).to_std().unwrap();
+        assert!(
+            gap >= nominal.mul_f64(0.8),
+            "{strategy} retry {retry} came after {gap:?}: {done}"
+        );
+    }
+    errors.len() + 1
 }
 
 /// 5. SIGTERM under load: the runner exits within the grace period, leaves no row `processing`,

@@ -35,6 +35,41 @@ fn a_config_error_exits_78_and_names_file_and_key() {
     );
 }
 
+/// The admin verbs' CLI twins, straight against the database, on the pending job `id`.
+fn the_job_verbs_work_on(run: &dyn Fn(&[&str]) -> std::process::Output, id: &str) {
+    let json = |output: std::process::Output| -> serde_json::Value {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("prints JSON")
+    };
+    let shown = json(run(&["jobs", "show", id]));
+    assert_eq!(
+        (shown["status"].as_str(), shown["max_retries"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let cancelled = json(run(&["jobs", "cancel", id]));
+    assert_eq!(cancelled["status"], "failed");
+    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
+    let again = run(&["jobs", "cancel", id]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a failed job cannot be cancelled"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("only a pending job can be cancelled"));
+    let retried = json(run(&["jobs", "retry", id]));
+    assert_eq!(
+        (retried["status"].as_str(), retried["retries"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let listed = json(run(&["jobs", "list", "--status", "pending"]));
+    assert_eq!(listed["jobs"][0]["id"], id);
+    assert_eq!(run(&["jobs", "show", "user:nope"]).status.code(), Some(2));
+}
+
 #[test]
 fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,38 +128,7 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
     assert_eq!(key.len(), 32);
     assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
 
-    // The admin verbs' CLI twins, straight against the database.
-    let json = |output: std::process::Output| -> serde_json::Value {
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("prints JSON")
-    };
-    let shown = json(run(&["jobs", "show", &id]));
-    assert_eq!(
-        (shown["status"].as_str(), shown["max_retries"].as_u64()),
-        (Some("pending"), Some(0))
-    );
-    let cancelled = json(run(&["jobs", "cancel", &id]));
-    assert_eq!(cancelled["status"], "failed");
-    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
-    let again = run(&["jobs", "cancel", &id]);
-    assert_eq!(
-        again.status.code(),
-        Some(2),
-        "a failed job cannot be cancelled"
-    );
-    assert!(String::from_utf8_lossy(&again.stderr).contains("only a pending job can be cancelled"));
-    let retried = json(run(&["jobs", "retry", &id]));
-    assert_eq!(
-        (retried["status"].as_str(), retried["retries"].as_u64()),
-        (Some("pending"), Some(0))
-    );
-    let listed = json(run(&["jobs", "list", "--status", "pending"]));
-    assert_eq!(listed["jobs"][0]["id"], id.as_str());
-    assert_eq!(run(&["jobs", "show", "user:nope"]).status.code(), Some(2));
+    the_job_verbs_work_on(&run, &id);
 }
 
 #[test]

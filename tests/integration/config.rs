@@ -122,10 +122,10 @@ fn backend_yaml(fields: &str) -> String {
 
 const GOOD: &str = "    spec: ./openapi.yml\n    baseUrl: http://localhost:1\n    method:\n      type: outbox\n      table: job\n";
 
-/// Each mistake names the file, the key and what is wrong.
-#[test]
-fn config_errors_name_file_key_and_problem() {
-    let cases: Vec<(String, &str, &str)> = vec![
+/// Configuration mistakes in a backend's keys: `(sp00ky.yml text, the key the error names,
+/// what it says)`.
+fn backend_error_cases() -> Vec<(String, &'static str, &'static str)> {
+    vec![
         (
             backend_yaml(
                 "    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: job\n",
@@ -195,6 +195,12 @@ fn config_errors_name_file_key_and_problem() {
             "apps.api.spec",
             "is required",
         ),
+    ]
+}
+
+/// Mistakes in the file's shape, and values outside their ranges.
+fn shape_and_range_error_cases() -> Vec<(String, &'static str, &'static str)> {
+    vec![
         ("apps: [1, 2]\n".into(), "apps", "expected a mapping"),
         (
             "- just\n- a list\n".into(),
@@ -206,7 +212,38 @@ fn config_errors_name_file_key_and_problem() {
             "other",
             "already drained by backend `api`",
         ),
-    ];
+        (
+            backend_yaml(&format!(
+                "{GOOD}    retry:\n      maxDelayMs: 99999999999999\n"
+            )),
+            "apps.api.retry.maxDelayMs",
+            "outside the allowed range",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    limits:\n      payloadBytes: 10\n")),
+            "apps.api.limits.payloadBytes",
+            "outside the allowed range 1024 to",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    limits:\n      maxRetries: 5000\n")),
+            "apps.api.limits.maxRetries",
+            "outside the allowed range 0 to 1000",
+        ),
+        (
+            backend_yaml(&format!(
+                "{GOOD}    schedules:\n      - name: s\n        schedule: rate(99999999999999 days)\n        path: /spookify\n"
+            )),
+            "apps.api.schedules[0].schedule",
+            "at most 366 days",
+        ),
+    ]
+}
+
+/// Each mistake names the file, the key and what is wrong.
+#[test]
+fn config_errors_name_file_key_and_problem() {
+    let mut cases = backend_error_cases();
+    cases.extend(shape_and_range_error_cases());
     for (text, key, message) in cases {
         let err = load_text(&text).expect_err(&text);
         assert_eq!(err.origin, Origin::File("sp00ky.yml".into()), "{text}");

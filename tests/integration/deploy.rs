@@ -91,45 +91,8 @@ async fn an_environment_only_start_runs_jobs() {
 /// all on SIGINT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_runs_and_stops_every_backend() {
-    let project = tempfile::tempdir().unwrap();
+    let project = dev_project();
     let root = project.path();
-    std::fs::copy(fixture("openapi.yml"), root.join("openapi.yml")).unwrap();
-    std::fs::create_dir_all(root.join("services/beta")).unwrap();
-    std::fs::write(
-        root.join("services/beta/.env.dev"),
-        "# dev settings\n\nGREETING=\"hello from env-file\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("services/beta/package.json"),
-        r#"{"name": "beta", "private": true, "scripts": {"dev": "sh ./serve.sh"}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("services/beta/serve.sh"),
-        "echo \"ready beta $GREETING in $(basename \"$PWD\") db=$SPKY_DB_NS\"\necho $$ > ../../beta.pid\nexec sleep 600\n",
-    )
-    .unwrap();
-    let backend = |name: &str, table: &str, dev: &str| {
-        format!(
-            "  {name}:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:9\n    method:\n      type: outbox\n      table: {table}\n    dev:{dev}\n"
-        )
-    };
-    let config = format!(
-        "apps:\n{}{}{}",
-        backend(
-            "alpha",
-            "alpha_job",
-            " echo \"ready alpha in $(basename \"$PWD\")\"; echo $$ > alpha.pid; exec sleep 600"
-        ),
-        backend(
-            "beta",
-            "beta_job",
-            "\n      type: npm\n      script: dev\n      workdir: ./services/beta\n      env-file: ./services/beta/.env.dev"
-        ),
-        backend("gamma", "gamma_job", " echo 'gamma gives up'; exit 3"),
-    );
-    std::fs::write(root.join("sp00ky.yml"), config).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
         .current_dir(root)
@@ -148,18 +111,7 @@ async fn dev_mode_runs_and_stops_every_backend() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let lines = capture_lines(child.stdout.take().unwrap());
     let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
     wait_until(
         "every dev command to report",
@@ -208,6 +160,69 @@ async fn dev_mode_runs_and_stops_every_backend() {
         || async { !alive(alpha) && !alive(beta) },
     )
     .await;
+}
+
+/// A project with three backends whose `dev` commands are the string form (alpha), the npm form
+/// with a workdir and an env-file (beta), and one that exits at once (gamma).
+fn dev_project() -> tempfile::TempDir {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    std::fs::copy(fixture("openapi.yml"), root.join("openapi.yml")).unwrap();
+    std::fs::create_dir_all(root.join("services/beta")).unwrap();
+    std::fs::write(
+        root.join("services/beta/.env.dev"),
+        "# dev settings\n\nGREETING=\"hello from env-file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("services/beta/package.json"),
+        r#"{"name": "beta", "private": true, "scripts": {"dev": "sh ./serve.sh"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("services/beta/serve.sh"),
+        "echo \"ready beta $GREETING in $(basename \"$PWD\") db=$SPKY_DB_NS\"\necho $$ > ../../beta.pid\nexec sleep 600\n",
+    )
+    .unwrap();
+    let backend = |name: &str, table: &str, dev: &str| {
+        format!(
+            "  {name}:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:9\n    method:\n      type: outbox\n      table: {table}\n    dev:{dev}\n"
+        )
+    };
+    let config = format!(
+        "apps:\n{}{}{}",
+        backend(
+            "alpha",
+            "alpha_job",
+            " echo \"ready alpha in $(basename \"$PWD\")\"; echo $$ > alpha.pid; exec sleep 600"
+        ),
+        backend(
+            "beta",
+            "beta_job",
+            "\n      type: npm\n      script: dev\n      workdir: ./services/beta\n      env-file: ./services/beta/.env.dev"
+        ),
+        backend("gamma", "gamma_job", " echo 'gamma gives up'; exit 3"),
+    );
+    std::fs::write(root.join("sp00ky.yml"), config).unwrap();
+    project
+}
+
+/// Collects the lines `stdout` prints, on a thread of its own.
+fn capture_lines(
+    stdout: std::process::ChildStdout,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 fn dockerfile() -> String {

@@ -85,6 +85,7 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
             "job",
             3,
             &mut sp00ky_job_runner::job::claim::Watermark::new(Duration::from_secs(1)),
+            std::time::Instant::now(),
         )
         .await
         .unwrap();
@@ -140,26 +141,26 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
     let claimer = claimer_a();
     let every = Duration::from_secs(1);
     let mut watermark = sp00ky_job_runner::job::claim::Watermark::new(every);
-    let mut claim_one = async || {
+    let start = std::time::Instant::now();
+    let mut claim_one = async |at| {
         let claimed = claimer
-            .claim(&store, "job", 1, &mut watermark)
+            .claim(&store, "job", 1, &mut watermark, at)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1, "one row is due");
         claimed[0].id.clone()
     };
-    assert_eq!(claim_one().await, first, "a full look, oldest first");
+    assert_eq!(claim_one(start).await, first, "a full look, oldest first");
 
     let backdated = create("1h").await;
 
     assert_eq!(
-        claim_one().await,
+        claim_one(start).await,
         second,
         "a narrow look starts at the first row's due_at"
     );
-    tokio::time::sleep(every).await;
     assert_eq!(
-        claim_one().await,
+        claim_one(start + every).await,
         backdated,
         "the full look, once the interval has passed, finds the older row"
     );

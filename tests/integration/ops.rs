@@ -69,63 +69,8 @@ fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
         })
 }
 
-#[tokio::test]
-async fn health_readiness_and_metrics_after_known_jobs() {
-    let store = mem_store().await;
-    let backend = TestBackend::start(|request, _| {
-        if request.json()["id"] == "missing" {
-            Reply::status(404)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
-    let backends = backends(&backend.url, "job");
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
-        .await
-        .unwrap();
-    let runner = Runner::new(store.clone(), backends, fast_options("metrics"));
-    let url = serve_ops(&store, &runner, None).await;
-    let status = runner.status();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async move {
-        let _ = stopped.await;
-    }));
-
-    let mut ids = Vec::new();
-    for id in ["a", "b", "missing"] {
-        ids.push(
-            job("/spookify")
-                .payload(json!({"id": id}))
-                .max_retries(0)
-                .insert(&store)
-                .await,
-        );
-    }
-    for id in &ids {
-        wait_final(&store, id, Duration::from_secs(20)).await;
-    }
-    wait_until("live queries armed", Duration::from_secs(10), || async {
-        status.live_queries_armed()
-    })
-    .await;
-
-    let health = client().get(format!("{url}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let (code, ready) = call(reqwest::Method::GET, format!("{url}/readyz"), None, None).await;
-    assert_eq!(
-        (code, ready),
-        (200, json!({"database": true, "live_queries": true}))
-    );
-
-    let text = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+/// The metrics after two successes and one permanent failure, nothing left running.
+fn metrics_count_the_three_jobs(text: &str) {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     let api = [("backend", "api")];
     assert_eq!(
@@ -197,6 +142,66 @@ async fn health_readiness_and_metrics_after_known_jobs() {
         Some(0.0),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_after_known_jobs() {
+    let store = mem_store().await;
+    let backend = TestBackend::start(|request, _| {
+        if request.json()["id"] == "missing" {
+            Reply::status(404)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let backends = backends(&backend.url, "job");
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options("metrics"));
+    let url = serve_ops(&store, &runner, None).await;
+    let status = runner.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut ids = Vec::new();
+    for id in ["a", "b", "missing"] {
+        ids.push(
+            job("/spookify")
+                .payload(json!({"id": id}))
+                .max_retries(0)
+                .insert(&store)
+                .await,
+        );
+    }
+    for id in &ids {
+        wait_final(&store, id, Duration::from_secs(20)).await;
+    }
+    wait_until("live queries armed", Duration::from_secs(10), || async {
+        status.live_queries_armed()
+    })
+    .await;
+
+    let health = client().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let (code, ready) = call(reqwest::Method::GET, format!("{url}/readyz"), None, None).await;
+    assert_eq!(
+        (code, ready),
+        (200, json!({"database": true, "live_queries": true}))
+    );
+
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics_count_the_three_jobs(&text);
 
     let _ = stop.send(());
     task.await.unwrap();
@@ -266,48 +271,35 @@ async fn the_admin_api_needs_the_right_token() {
     assert!(listener::check_exposure(&"[::1]:8787".parse().unwrap(), None).is_ok());
 }
 
-#[tokio::test]
-async fn admin_verbs_and_malformed_requests() {
-    let store = mem_store().await;
-    let backends = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
-        .await
-        .unwrap();
-    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
-    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
-    let post = |path: &str, body: Option<Value>| {
+/// The admin API of a test listener, called with the test token.
+struct AdminApi {
+    url: String,
+}
+
+impl AdminApi {
+    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         call(
             reqwest::Method::POST,
-            format!("{url}{path}"),
+            format!("{}{path}", self.url),
             Some(ADMIN),
             body,
         )
-    };
-    let get = |path: &str| {
+        .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
         call(
             reqwest::Method::GET,
-            format!("{url}{path}"),
+            format!("{}{path}", self.url),
             Some(ADMIN),
             None,
         )
-    };
+        .await
+    }
+}
 
-    // Enqueue, validated like db.run.
-    let (code, created) = post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": "t1"}, "max_retries": 1}))).await;
-    assert_eq!(code, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_string();
-    assert!(id.starts_with("job:") && id.len() == 36, "{id}");
-    let (code, shown) = get(&format!("/v1/jobs/{id}")).await;
-    assert_eq!(code, 200);
-    assert_eq!(
-        (shown["status"].as_str(), shown["max_retries"].as_u64()),
-        (Some("pending"), Some(1))
-    );
-    assert_eq!(
-        shown["payload"], "{\"id\":\"t1\"}",
-        "stored as the Sp00ky client stores it"
-    );
-
+/// Bad enqueue requests and malformed bodies: each a 4xx with a JSON error, never a crash.
+async fn bad_requests_get_clear_errors(api: &AdminApi) {
     for (body, expected) in [
         (
             json!({"backend": "api", "path": "/spookify", "payload": {}}),
@@ -330,13 +322,13 @@ async fn admin_verbs_and_malformed_requests() {
             "1 to 3600",
         ),
     ] {
-        let (code, body) = post("/v1/jobs", Some(body)).await;
+        let (code, body) = api.post("/v1/jobs", Some(body)).await;
         assert_eq!(code, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains(expected), "{body}");
     }
     // Malformed bodies: not JSON, wrong types, unknown fields. Each gets a JSON error, never a crash.
     let raw = client()
-        .post(format!("{url}/v1/jobs"))
+        .post(format!("{}/v1/jobs", api.url))
         .bearer_auth(ADMIN)
         .header("content-type", "application/json")
         .body("{not json")
@@ -350,31 +342,64 @@ async fn admin_verbs_and_malformed_requests() {
         json!({"backend": 5}),
         json!({"backend": "api", "path": "/spookify", "extra": true}),
     ] {
-        let (code, body) = post("/v1/jobs", Some(body)).await;
+        let (code, body) = api.post("/v1/jobs", Some(body)).await;
         assert!((400..500).contains(&code), "{code} {body}");
         assert!(body["error"].is_string(), "{body}");
     }
-    assert_eq!(get("/v1/jobs/not-an-id").await.0, 400);
+    assert_eq!(api.get("/v1/jobs/not-an-id").await.0, 400);
     assert_eq!(
-        get("/v1/jobs/user:abc").await.0,
+        api.get("/v1/jobs/user:abc").await.0,
         404,
         "other tables are not reachable"
     );
-    assert_eq!(get("/v1/jobs/job:doesnotexist").await.0, 404);
-    assert_eq!(get("/v1/jobs?status=weird").await.0, 400);
-    assert_eq!(get("/v1/jobs?limit=0").await.0, 400);
-    assert_eq!(get("/v1/jobs?limit=abc").await.0, 400);
-    assert_eq!(get("/v1/nothing").await.0, 404);
+    assert_eq!(api.get("/v1/jobs/job:doesnotexist").await.0, 404);
+    assert_eq!(api.get("/v1/jobs?status=weird").await.0, 400);
+    assert_eq!(api.get("/v1/jobs?limit=0").await.0, 400);
+    assert_eq!(api.get("/v1/jobs?limit=abc").await.0, 400);
+    assert_eq!(api.get("/v1/nothing").await.0, 404);
+}
+
+#[tokio::test]
+async fn admin_verbs_and_malformed_requests() {
+    let store = mem_store().await;
+    let backends = backends("http://127.0.0.1:9", "job");
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
+    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
+    let api = AdminApi { url: url.clone() };
+
+    // Enqueue, validated like db.run.
+    let (code, created) = api.post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": "t1"}, "max_retries": 1}))).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("job:") && id.len() == 36, "{id}");
+    let (code, shown) = api.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (shown["status"].as_str(), shown["max_retries"].as_u64()),
+        (Some("pending"), Some(1))
+    );
+    assert_eq!(
+        shown["payload"], "{\"id\":\"t1\"}",
+        "stored as the Sp00ky client stores it"
+    );
+
+    bad_requests_get_clear_errors(&api).await;
 
     // Cancel a pending job; cancelling again conflicts.
-    let (code, cancelled) = post(&format!("/v1/jobs/{id}/cancel"), None).await;
+    let (code, cancelled) = api.post(&format!("/v1/jobs/{id}/cancel"), None).await;
     assert_eq!(code, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "failed");
     assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
-    assert_eq!(post(&format!("/v1/jobs/{id}/cancel"), None).await.0, 409);
+    assert_eq!(
+        api.post(&format!("/v1/jobs/{id}/cancel"), None).await.0,
+        409
+    );
 
     // Retry the failed job: pending again, fresh budget, history kept.
-    let (code, retried) = post(&format!("/v1/jobs/{id}/retry"), None).await;
+    let (code, retried) = api.post(&format!("/v1/jobs/{id}/retry"), None).await;
     assert_eq!(code, 200, "{retried}");
     assert_eq!(
         (retried["status"].as_str(), retried["retries"].as_u64()),
@@ -382,14 +407,14 @@ async fn admin_verbs_and_malformed_requests() {
     );
     assert_eq!(retried["errors"].as_array().unwrap().len(), 1);
     assert_eq!(
-        post(&format!("/v1/jobs/{id}/retry"), None).await.0,
+        api.post(&format!("/v1/jobs/{id}/retry"), None).await.0,
         409,
         "only failed jobs can be retried"
     );
 
     // Paging: five more jobs, pages of two, every job exactly once.
     for n in 0..5 {
-        assert_eq!(post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": format!("p{n}")}}))).await.0, 201);
+        assert_eq!(api.post("/v1/jobs", Some(json!({"backend": "api", "path": "/spookify", "payload": {"id": format!("p{n}")}}))).await.0, 201);
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -398,7 +423,7 @@ async fn admin_verbs_and_malformed_requests() {
             Some(c) => format!("/v1/jobs?limit=2&cursor={c}"),
             None => "/v1/jobs?limit=2".to_string(),
         };
-        let (code, page) = get(&path).await;
+        let (code, page) = api.get(&path).await;
         assert_eq!(code, 200, "{page}");
         for job in page["jobs"].as_array().unwrap() {
             seen.push(job["id"].as_str().unwrap().to_string());
@@ -412,6 +437,6 @@ async fn admin_verbs_and_malformed_requests() {
     unique.sort();
     unique.dedup();
     assert_eq!((seen.len(), unique.len()), (6, 6), "{seen:?}");
-    let (_, pending) = get("/v1/jobs?status=pending&limit=500").await;
+    let (_, pending) = api.get("/v1/jobs?status=pending&limit=500").await;
     assert_eq!(pending["jobs"].as_array().unwrap().len(), 6);
 }

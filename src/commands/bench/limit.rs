@@ -73,7 +73,7 @@ pub(super) async fn lockstep(
     let mut done = 0usize;
     while done < count {
         let claimed = claimer
-            .claim(store, table, concurrency, &mut watermark)
+            .claim(store, table, concurrency, &mut watermark, Instant::now())
             .await?;
         let fences = claimed
             .iter()
@@ -99,7 +99,9 @@ pub(super) async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f
     while done < args.jobs {
         let free = permits.available_permits();
         let claimed = if free >= batch_at || writes.is_empty() {
-            claimer.claim(store, table, free, &mut watermark).await?
+            claimer
+                .claim(store, table, free, &mut watermark, Instant::now())
+                .await?
         } else {
             Vec::new()
         };

@@ -41,8 +41,10 @@ async fn app_users_see_only_their_own_jobs_and_never_a_lease() {
     define_app_access(&store).await;
     let ada = app_user(&store, "ada").await;
     let bob = app_user(&store, "bob").await;
-    let mut response = ada.query("LIVE SELECT * FROM job").await.unwrap();
-    let mut live = response
+    let mut live = ada
+        .query("LIVE SELECT * FROM job")
+        .await
+        .unwrap()
         .stream::<surrealdb::Notification<surrealdb::types::Value>>(0)
         .unwrap();
 
@@ -70,15 +72,7 @@ async fn app_users_see_only_their_own_jobs_and_never_a_lease() {
     );
     runner.stop().await;
 
-    let mut seen = Vec::new();
-    while !seen.iter().any(|n: &Value| n["status"] == "success") {
-        let next = tokio::time::timeout(WAIT, live.next()).await;
-        let notification = next
-            .expect("ada's job finishes on her live query")
-            .unwrap()
-            .unwrap();
-        seen.push(notification.data.into_json_value());
-    }
+    let seen = notifications_until_success(&mut live).await;
     for data in &seen {
         assert_eq!(
             data["id"], ada_job,
@@ -108,6 +102,15 @@ async fn app_users_see_only_their_own_jobs_and_never_a_lease() {
         .await
         .unwrap();
     assert!(peek.is_empty(), "bob reads ada's job: {peek:?}");
+}
+
+/// `created_by` is the database's: a client that names another user gets itself.
+#[tokio::test]
+async fn an_app_user_cannot_create_a_job_as_another() {
+    let store = mem_store().await;
+    store.apply_schema("job").await.unwrap();
+    define_app_access(&store).await;
+    let bob = app_user(&store, "bob").await;
     let forged = create_as(
         &bob,
         "b1000000000000000000000000000000",
@@ -268,4 +271,20 @@ async fn applying_the_schema_never_loosens_a_sp00ky_table() {
     for field in ["due_at", "lease_token", "created_by", "schedule"] {
         assert!(info.fields.contains_key(field), "{field} was not added");
     }
+}
+
+/// What a live query delivered, up to the first notification of a `success`.
+async fn notifications_until_success(
+    live: &mut surrealdb::method::QueryStream<surrealdb::Notification<surrealdb::types::Value>>,
+) -> Vec<Value> {
+    let mut seen = Vec::new();
+    while !seen.iter().any(|n: &Value| n["status"] == "success") {
+        let next = tokio::time::timeout(WAIT, live.next()).await;
+        let notification = next
+            .expect("ada's job finishes on her live query")
+            .unwrap()
+            .unwrap();
+        seen.push(notification.data.into_json_value());
+    }
+    seen
 }

@@ -8,6 +8,52 @@ use sp00ky_job_runner::job::validate::Routes;
 use super::WAIT;
 use crate::helpers::*;
 
+/// Values that must never fill a route parameter.
+const HOSTILE: &[&str] = &[
+    ".\t.",
+    "\t..",
+    "..\t",
+    ".\r\n.",
+    ".\n.",
+    ".\0.",
+    ".\u{b}.",
+    ".\u{c}.",
+    "..",
+    ".",
+    "%2e",
+    "%2e%2e",
+    "%2E.",
+    ".%2E",
+    "%252e%252e",
+    "..\\",
+    "..%5c",
+    "../../api-internal",
+    "..%2Fapi-internal",
+    "..%2fsummary",
+    "．．",
+    "\u{2024}\u{2024}",
+    "",
+    " ",
+    "\u{200B}",
+    "..;x",
+    ";x",
+    "%00",
+    "a\u{7f}b",
+    "\u{85}",
+];
+
+/// Odd but harmless values: each arrives as one encoded segment.
+const ODD: &[&str] = &[
+    "a;b",
+    "a/b",
+    "a\\b",
+    "?x",
+    "#x",
+    "%41",
+    "café",
+    "-api-internal",
+];
+
 /// 30 hostile values against a `baseUrl` with a path of its own: the backend counts that no
 /// request leaves `/api/threads/<one segment>/summary`; the harmless odd values arrive as one
 /// encoded segment that decodes back to the value.
@@ -21,65 +67,24 @@ async fn parameter_values_stay_one_segment_of_the_declared_route() {
         fast_options("r1"),
     )
     .await;
-    let hostile = [
-        ".\t.",
-        "\t..",
-        "..\t",
-        ".\r\n.",
-        ".\n.",
-        ".\0.",
-        ".\u{b}.",
-        ".\u{c}.",
-        "..",
-        ".",
-        "%2e",
-        "%2e%2e",
-        "%2E.",
-        ".%2E",
-        "%252e%252e",
-        "..\\",
-        "..%5c",
-        "../../api-internal",
-        "..%2Fapi-internal",
-        "..%2fsummary",
-        "．．",
-        "\u{2024}\u{2024}",
-        "",
-        " ",
-        "\u{200B}",
-        "..;x",
-        ";x",
-        "%00",
-        "a\u{7f}b",
-        "\u{85}",
-    ];
-    let odd = [
-        "a;b",
-        "a/b",
-        "a\\b",
-        "?x",
-        "#x",
-        "%41",
-        "café",
-        "-api-internal",
-    ];
+
     let mut refused = Vec::new();
-    for value in hostile {
+    for value in HOSTILE {
         let row = job("/threads/{id}/summary").payload(json!({"id": value}));
         refused.push(row.max_retries(0).insert(&store).await);
     }
     let mut accepted = Vec::new();
-    for value in odd {
+    for value in ODD {
         let row = job("/threads/{id}/summary").payload(json!({"id": value}));
         accepted.push(row.max_retries(0).insert(&store).await);
     }
-    for (value, id) in hostile.iter().zip(&refused) {
+    for (value, id) in HOSTILE.iter().zip(&refused) {
         let done = wait_final(&store, id, WAIT).await;
         assert_eq!(done["status"], "failed", "{value:?}: {done}");
         assert_eq!(done["errors"][0]["kind"], "route", "{value:?}: {done}");
         assert_eq!(done["retries"], 0, "{value:?}");
     }
-    for (value, id) in odd.iter().zip(&accepted) {
+    for (value, id) in ODD.iter().zip(&accepted) {
         assert_eq!(
             wait_final(&store, id, WAIT).await["status"],
             "success",
@@ -88,24 +93,10 @@ async fn parameter_values_stay_one_segment_of_the_declared_route() {
     }
     runner.stop().await;
     let requests = backend.requests();
-    assert_eq!(requests.len(), odd.len(), "{requests:?}");
-    let mut arrived: Vec<String> = Vec::new();
-    for request in &requests {
-        let segments: Vec<&str> = request.target.split('/').collect();
-        assert_eq!(segments.len(), 5, "{}", request.target);
-        assert_eq!(
-            (segments[0], segments[1], segments[2], segments[4]),
-            ("", "api", "threads", "summary"),
-            "{}",
-            request.target
-        );
-        let value = percent_encoding::percent_decode_str(segments[3])
-            .decode_utf8()
-            .unwrap();
-        arrived.push(value.into_owned());
-    }
+    assert_eq!(requests.len(), ODD.len(), "{requests:?}");
+    let mut arrived = arrived_parameters(&backend.requests());
     arrived.sort();
-    let mut expected: Vec<String> = odd.iter().map(|v| v.to_string()).collect();
+    let mut expected: Vec<String> = ODD.iter().map(|v| v.to_string()).collect();
     expected.sort();
     assert_eq!(arrived, expected);
 }
@@ -145,4 +136,25 @@ fn yaml_1_1_boolean_words_in_a_spec_are_plain_strings() {
     wrong.insert("yes".into(), json!(true));
     let failure = routes.prepare(&base, "/vote", json!(wrong)).unwrap_err();
     assert!(failure.reason.contains("/yes"), "{}", failure.reason);
+}
+
+/// The parameter each request carried, decoded, after checking that its target is exactly
+/// `/api/threads/<one segment>/summary`.
+fn arrived_parameters(requests: &[Recorded]) -> Vec<String> {
+    let mut arrived: Vec<String> = Vec::new();
+    for request in requests {
+        let segments: Vec<&str> = request.target.split('/').collect();
+        assert_eq!(segments.len(), 5, "{}", request.target);
+        assert_eq!(
+            (segments[0], segments[1], segments[2], segments[4]),
+            ("", "api", "threads", "summary"),
+            "{}",
+            request.target
+        );
+        let value = percent_encoding::percent_decode_str(segments[3])
+            .decode_utf8()
+            .unwrap();
+        arrived.push(value.into_owned());
+    }
+    arrived
 }
