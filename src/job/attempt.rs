@@ -15,7 +15,6 @@ use crate::job::failure::Failure;
 use crate::job::record::{self, Decision, SuccessWriter, Written};
 use crate::job::row::Job;
 use crate::job::validate::{Request, Routes};
-use crate::ops::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// What every attempt shares: the database, the HTTP client, and where results are counted.
@@ -26,7 +25,18 @@ pub struct Attempts {
     pub caller: Caller,
     /// The claim's length; renewed every third of it while a call runs.
     pub lease: Duration,
-    pub metrics: Arc<Metrics>,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// Where an attempt reports what happened: the runner's metrics. A trait, so that the job's life
+/// depends on nothing that watches it.
+pub trait Observer: Send + Sync {
+    /// A claimed job started, `lag` after it became due.
+    fn started(&self, lag: Option<Duration>);
+    /// The job's task ended, however.
+    fn ended(&self);
+    /// `decision` was written for an attempt that took `elapsed`.
+    fn recorded(&self, backend: &str, decision: &Decision, elapsed: Duration);
 }
 
 /// How an attempt ended.
@@ -62,14 +72,15 @@ pub async fn run<S>(
     slot: S,
 ) -> Outcome {
     let started = Instant::now();
-    let metrics = &attempts.metrics;
-    if let Some(due) = job.due_at {
-        let lag = (Utc::now() - due).to_std().unwrap_or_default();
-        metrics.claim_lag_seconds.observe(lag.as_secs_f64());
+    let observer = attempts.observer.as_ref();
+    let lag = job
+        .due_at
+        .map(|due| (Utc::now() - due).to_std().unwrap_or_default());
+    if let Some(lag) = lag {
         tracing::debug!(job = %job.display_id, lag_ms = lag.as_millis() as u64, "claimed");
     }
-    metrics.in_flight.inc();
-    let _in_flight = InFlight(metrics);
+    observer.started(lag);
+    let _ended = Ended(observer);
 
     let result = match prepare(backend, routes, &job) {
         Err(failure) => Err(failure),
@@ -107,7 +118,7 @@ pub async fn run<S>(
         Ok(Written::LostLease) => Outcome::LostLease,
         Err(e) => Outcome::Unrecorded(e),
     };
-    observe(metrics, &backend.name, &job, &outcome, started.elapsed());
+    observe(observer, &backend.name, &job, &outcome, started.elapsed());
     outcome
 }
 
@@ -174,38 +185,26 @@ async fn release(store: &Store, job: &Job) -> Outcome {
     Outcome::Released
 }
 
-/// Keeps the in-flight gauge right on every exit path.
-struct InFlight<'a>(&'a Metrics);
+/// Tells the observer the task ended, on every exit path.
+struct Ended<'a>(&'a dyn Observer);
 
-impl Drop for InFlight<'_> {
+impl Drop for Ended<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.dec();
+        self.0.ended();
     }
 }
 
-/// Counts the outcome and logs one line for it.
-fn observe(metrics: &Metrics, backend: &str, job: &Job, outcome: &Outcome, elapsed: Duration) {
+/// Reports the outcome and logs one line for it.
+fn observe(
+    observer: &dyn Observer,
+    backend: &str,
+    job: &Job,
+    outcome: &Outcome,
+    elapsed: Duration,
+) {
     match outcome {
         Outcome::Recorded(decision) => {
-            let label = match decision {
-                Decision::Success => "success",
-                Decision::Retry { .. } => "retry",
-                Decision::Failed { .. } => "failed",
-            };
-            let outcome_labels = metrics.outcome(backend, label);
-            metrics.attempts.get_or_create(&outcome_labels).inc();
-            if let Decision::Retry { .. } = decision {
-                metrics
-                    .retries
-                    .get_or_create(&metrics.backend(backend))
-                    .inc();
-            } else {
-                metrics.jobs_finished.get_or_create(&outcome_labels).inc();
-            }
-            metrics
-                .attempt_seconds
-                .get_or_create(&metrics.backend(backend))
-                .observe(elapsed.as_secs_f64());
+            observer.recorded(backend, decision, elapsed);
             log_decision(job, backend, decision, elapsed);
         }
         Outcome::LostLease => {

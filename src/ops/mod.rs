@@ -2,8 +2,7 @@
 //!
 //! - [`listener`]: `/healthz`, `/readyz`, `/metrics` and the `/v1` admin API over HTTP.
 //! - [`admin`]: the operator verbs behind that API and the `jobs` commands.
-//! - [`metrics`]: the Prometheus families `/metrics` shows.
+//! The metrics `/metrics` shows are the runner's own ([`crate::runner::metrics`]).
 
 pub mod admin;
 pub mod listener;
-pub mod metrics;

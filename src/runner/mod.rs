@@ -25,6 +25,7 @@ use crate::job::row::Job;
 use crate::job::validate::Routes;
 use crate::store::{DueHint, Store};
 
+pub mod metrics;
 pub mod slots;
 pub mod status;
 pub mod watch;
@@ -116,7 +117,7 @@ impl Runner {
                 store,
                 caller: Caller::new(),
                 lease: options.lease,
-                metrics: status.metrics.clone(),
+                observer: status.metrics.clone(),
             }),
             options,
             status,

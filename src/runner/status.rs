@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ops::metrics::{Metrics, TableLabels};
+use crate::runner::metrics::{Metrics, TableLabels};
 use crate::store::Store;
 
 /// What the operations listener and systemd need to know about a running runner.

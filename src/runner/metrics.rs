@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::job::attempt::Observer;
+use crate::job::record::Decision;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub backend: String,
@@ -138,5 +141,36 @@ impl Metrics {
         BackendLabels {
             backend: backend.to_string(),
         }
+    }
+}
+
+impl Observer for Metrics {
+    fn started(&self, lag: Option<std::time::Duration>) {
+        if let Some(lag) = lag {
+            self.claim_lag_seconds.observe(lag.as_secs_f64());
+        }
+        self.in_flight.inc();
+    }
+
+    fn ended(&self) {
+        self.in_flight.dec();
+    }
+
+    fn recorded(&self, backend: &str, decision: &Decision, elapsed: std::time::Duration) {
+        let label = match decision {
+            Decision::Success => "success",
+            Decision::Retry { .. } => "retry",
+            Decision::Failed { .. } => "failed",
+        };
+        let outcome = self.outcome(backend, label);
+        self.attempts.get_or_create(&outcome).inc();
+        if let Decision::Retry { .. } = decision {
+            self.retries.get_or_create(&self.backend(backend)).inc();
+        } else {
+            self.jobs_finished.get_or_create(&outcome).inc();
+        }
+        self.attempt_seconds
+            .get_or_create(&self.backend(backend))
+            .observe(elapsed.as_secs_f64());
     }
 }
