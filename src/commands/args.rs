@@ -40,6 +40,10 @@ pub struct GlobalArgs {
     /// SurrealDB password [env: SPKY_DB_PASS]; prefer the variable, a flag is visible in `ps`.
     #[arg(long, global = true)]
     pub pass: Option<String>,
+    /// How long to wait for a database server that does not answer yet [default: forever for
+    /// run and dev, 30s for the other commands].
+    #[arg(long, global = true, value_parser = |s: &str| limits::CONNECT_TIMEOUT.parse(s).map(FlagDuration))]
+    pub connect_timeout: Option<FlagDuration>,
     /// Log format: readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

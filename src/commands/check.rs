@@ -3,15 +3,15 @@
 use super::args::{GlobalArgs, SchemaArgs};
 use super::error::AppError;
 use super::service::{TableState, inspect_table};
-use super::settings::{connect, db_settings, load_backends};
+use super::settings::{ONE_SHOT_WAIT, connect, db_settings, load_backends, wait_for_database};
 use crate::config::{self, EnvLookup};
 use crate::job::retry::RetryPolicy;
-use crate::store::{self, Store};
+use crate::store;
 
 /// `check`: print what the runner would serve; any problem is an error.
 pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
     let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
-    let store = connect(global, Some(&config), env).await?;
+    let store = connect(global, Some(&config), env, Some(ONE_SHOT_WAIT)).await?;
     let settings = store.settings();
     println!("config:    {}", config.origin);
     println!(
@@ -113,7 +113,8 @@ pub async fn schema(
         .as_ref()
         .map(|c| c.database.clone())
         .unwrap_or_default();
-    let store = Store::connect(db_settings(global, &file, env)).await?;
+    let wait = global.connect_timeout.map(|t| t.0).or(Some(ONE_SHOT_WAIT));
+    let store = wait_for_database(db_settings(global, &file, env), wait, false).await?;
     store.define_namespace_and_database().await?;
     for table in &tables {
         store.apply_schema(table).await?;

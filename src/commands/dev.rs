@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use super::args::{GlobalArgs, RunArgs};
 use super::error::AppError;
 use super::{service, settings};
-use crate::config::{self, ConfigError, DevCommand, DevSpec, EnvLookup};
+use crate::config::{self, ConfigError, DevCommand, DevSpec, EnvLookup, EnvSource};
 use crate::job::retry::RetryPolicy;
 use crate::store::DbSettings;
 
@@ -28,6 +28,8 @@ const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `run` with every backend's dev command beside it.
 pub async fn dev(global: &GlobalArgs, args: RunArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+    // Before any child starts: Ctrl+C at any moment stops them all.
+    let shutdown = service::shutdown_signal();
     let config = config::load(&global.config, env, RetryPolicy::default())?;
     let db = settings::db_settings(global, &config.database, env);
     let colour = std::io::stdout().is_terminal();
@@ -39,30 +41,30 @@ pub async fn dev(global: &GlobalArgs, args: RunArgs, env: EnvLookup<'_>) -> Resu
         };
         let prefix = if colour {
             format!(
-                "\x1b[{}m[backend.{}.dev]\x1b[0m",
+                "\x1b[{}m[{}]\x1b[0m",
                 COLOURS[index % COLOURS.len()],
-                backend.name
+                spec.label
             )
         } else {
-            format!("[backend.{}.dev]", backend.name)
+            format!("[{}]", spec.label)
         };
-        let child = spawn(spec, &db, &backend.name).map_err(|message| {
+        let child = spawn(spec, &db, &backend.name, env).map_err(|message| {
             AppError::Config(ConfigError {
                 origin: config.origin.clone(),
-                key: format!("{}.dev", backend.name),
+                key: spec.label.clone(),
                 message,
             })
         })?;
         children.push(supervise(child, prefix));
     }
-    let result = service::run(global, args, env, service::shutdown_signal()).await;
+    let result = service::run(global, args, env, shutdown).await;
     for child in children {
         child.stop().await;
     }
     result
 }
 
-fn spawn(spec: &DevSpec, db: &DbSettings, name: &str) -> Result<Child, String> {
+fn spawn(spec: &DevSpec, db: &DbSettings, name: &str, env: EnvLookup<'_>) -> Result<Child, String> {
     let mut command = match &spec.command {
         DevCommand::Shell(line) => shell(line),
         DevCommand::Npm { script } => {
@@ -92,13 +94,7 @@ fn spawn(spec: &DevSpec, db: &DbSettings, name: &str) -> Result<Child, String> {
             ))
         }
     };
-    if let Some(path) = &spec.env_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read env-file {}: {e}", path.display()))?;
-        let vars =
-            config::parse_dotenv(&text).map_err(|e| format!("env-file {}: {e}", path.display()))?;
-        command.envs(vars);
-    }
+    command.envs(environment(&spec.env, env)?);
     command.env("SPKY_DB_WS", &db.endpoint);
     command.env("SPKY_DB_URL", &db.endpoint);
     command.env("SPKY_DB_NS", &db.namespace);
@@ -123,6 +119,28 @@ fn spawn(spec: &DevSpec, db: &DbSettings, name: &str) -> Result<Child, String> {
                 spec.workdir.display()
             )
         })
+}
+
+/// A dev command's variables from its sources, in order (a later one wins).
+fn environment(sources: &[EnvSource], env: EnvLookup<'_>) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for source in sources {
+        match source {
+            EnvSource::File(path) => vars.extend(config::read_dotenv(path)?),
+            EnvSource::Vars(list) => vars.extend(list.iter().cloned()),
+            EnvSource::Process(names) => {
+                for name in names {
+                    match env(name) {
+                        Some(value) => vars.push((name.clone(), value)),
+                        None => {
+                            tracing::warn!(variable = %name, "env.vault names a variable this process does not have")
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(vars)
 }
 
 fn shell(line: &str) -> Command {

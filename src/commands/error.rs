@@ -23,6 +23,14 @@ pub enum AppError {
     Usage(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(
+        "SurrealDB at {endpoint} did not answer within {waited} (--connect-timeout sets how long to wait): {source}"
+    )]
+    Unreachable {
+        endpoint: String,
+        waited: String,
+        source: StoreError,
+    },
     #[error("not healthy: {0}")]
     Unhealthy(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -41,7 +49,9 @@ impl AppError {
             AppError::Admin(AdminError::Store(_)) => ExitCode::FAILURE,
             AppError::Admin(_) => ExitCode::from(2),
             AppError::Listen { .. } => ExitCode::from(78),
-            AppError::Store(_) | AppError::Unhealthy(_) => ExitCode::FAILURE,
+            AppError::Store(_) | AppError::Unhealthy(_) | AppError::Unreachable { .. } => {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use surrealdb::types::ToSql;
 use super::args::{EnqueueArgs, GlobalArgs, JobsCommand};
 use super::error::AppError;
 use super::service::prepare_tables;
-use super::settings::{connect, load_backends};
+use super::settings::{ONE_SHOT_WAIT, connect, load_backends};
 use crate::config::EnvLookup;
 use crate::job::retry::RetryPolicy;
 use crate::ops::admin::{Admin, EnqueueRequest, ListQuery};
@@ -106,7 +106,7 @@ pub async fn jobs(
 /// Loads the backends, connects, and makes sure their tables exist.
 async fn admin_for(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<Admin, AppError> {
     let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
-    let store = connect(global, Some(&config), env).await?;
+    let store = connect(global, Some(&config), env, Some(ONE_SHOT_WAIT)).await?;
     prepare_tables(&store, &backends).await?;
     Ok(Admin::new(
         store,

@@ -98,8 +98,39 @@ pub async fn run(
     }
     let admin_token = admin_token(&args, env)?;
     let listener = bind_listener(&args, admin_token.as_ref()).await?;
-    let store = connect(global, Some(&config), env).await?;
-    prepare_tables(&store, &backends).await?;
+    let listen_error = |source| AppError::Listen {
+        addr: args.listen,
+        source,
+    };
+    let (starting, listener) = serve_while_starting(listener).map_err(listen_error)?;
+    tokio::pin!(shutdown);
+    let ready = async {
+        let store = connect(global, Some(&config), env, None).await?;
+        prepare_tables(&store, &backends).await?;
+        Ok::<Store, AppError>(store)
+    };
+    let store = tokio::select! {
+        store = ready => store?,
+        // Stopped while waiting for the database: nothing runs yet, so there is nothing to drain.
+        () = &mut shutdown => {
+            starting.stop().await;
+            return Ok(());
+        }
+    };
+    starting.stop().await;
+    serve(store, backends, &args, listener, admin_token, shutdown).await
+}
+
+/// Runs the runner, the scheduler, the operations listener and systemd notifications over a
+/// ready database until `shutdown` completes, then drains.
+async fn serve(
+    store: Store,
+    backends: Vec<BackendRuntime>,
+    args: &RunArgs,
+    listener: tokio::net::TcpListener,
+    admin_token: Option<SecretString>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), AppError> {
     let options = RunnerOptions {
         concurrency: args.concurrency,
         poll_interval: args.poll_interval.0,
@@ -139,7 +170,7 @@ pub async fn run(
     let running = runner.run(stopped(stop_rx));
     tokio::pin!(running);
     tokio::select! {
-        () = shutdown => {
+        () = shutdown.as_mut() => {
             let _ = stop_tx.send(true);
             running.await;
         }
@@ -171,6 +202,38 @@ async fn bind_listener(
     let local = listener.local_addr().map_err(listen_error)?;
     tracing::info!(listen = %local, "health, metrics and admin API listening");
     Ok(listener)
+}
+
+/// The listener's answers while the runner waits for its database and prepares its tables:
+/// alive, not ready. Its task serves a twin of the listener's socket, so the full router can
+/// take over the same socket afterwards.
+struct Starting {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Starting {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn serve_while_starting(
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<(Starting, tokio::net::TcpListener)> {
+    let socket = listener.into_std()?;
+    let twin = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
+    let listener = tokio::net::TcpListener::from_std(socket)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::ops::listener::serve_router(
+        twin,
+        crate::ops::listener::starting_router(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Ok((Starting { stop, task }, listener))
 }
 
 /// Every backend's schedules, with the table their rows go to.
@@ -240,21 +303,26 @@ async fn notify_systemd(
 
 /// Completes on the first SIGINT or SIGTERM; a second one ends the process at once (leases then
 /// rescue whatever was in flight).
-pub async fn shutdown_signal() {
+/// The handlers are installed when this is called, not when the future is first polled: a signal
+/// that comes while the runner still waits for its database (or `dev` starts its children) is
+/// caught, not fatal.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown signal received; send another to stop at once");
-    tokio::spawn(async move {
+    async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("second signal: exiting now");
-        std::process::exit(130);
-    });
+        tracing::info!("shutdown signal received; send another to stop at once");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
 }

@@ -4,6 +4,8 @@
 //! block of sp00ky.yml, then defaults (an embedded SurrealKV store under `./.sp00ky/`, so a fresh
 //! machine needs no server).
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 
 use super::args::GlobalArgs;
@@ -12,7 +14,7 @@ use crate::config::{self, Config, ConfigError, EnvLookup};
 use crate::job::retry::RetryPolicy;
 use crate::job::validate::Routes;
 use crate::runner::BackendRuntime;
-use crate::store::{DbSettings, Store};
+use crate::store::{DbSettings, Store, StoreError};
 
 /// Where the embedded default store lives.
 pub const DEFAULT_ENDPOINT: &str = "surrealkv://.sp00ky/db";
@@ -82,15 +84,76 @@ pub fn load_backends(
     Ok((config, runtimes))
 }
 
-/// Connects with the merged settings and checks the namespace and database exist.
+/// How long a one-shot command (`check`, `schema`, `enqueue`, `jobs`) waits for a database server
+/// that does not answer yet; `run` waits forever. `--connect-timeout` sets both.
+pub const ONE_SHOT_WAIT: Duration = Duration::from_secs(30);
+
+/// Connects with the merged settings and checks the namespace and database exist. A server that
+/// does not answer yet (started after the runner, as `spky dev`, Compose and systemd may do) is
+/// waited for with capped exponential backoff, one log line per change of what is wrong, for
+/// `--connect-timeout` or else `default_wait` (`None`: forever). An embedded store is not waited
+/// for: nothing else would start it.
 pub async fn connect(
     global: &GlobalArgs,
     config: Option<&Config>,
     env: EnvLookup<'_>,
+    default_wait: Option<Duration>,
 ) -> Result<Store, AppError> {
     let file = config.map(|c| c.database.clone()).unwrap_or_default();
     let settings = db_settings(global, &file, env);
-    let store = Store::connect(settings).await?;
-    store.check_database().await?;
-    Ok(store)
+    let wait = global.connect_timeout.map(|t| t.0).or(default_wait);
+    wait_for_database(settings, wait, true).await
+}
+
+/// [`connect`] from settings; `check` also requires the namespace and database to exist
+/// (`schema --apply` defines them instead).
+pub async fn wait_for_database(
+    settings: DbSettings,
+    wait: Option<Duration>,
+    check: bool,
+) -> Result<Store, AppError> {
+    if settings.is_embedded() {
+        let store = Store::connect(settings).await?;
+        if check {
+            store.check_database().await?;
+        }
+        return Ok(store);
+    }
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    let mut waiting_for: Option<String> = None;
+    loop {
+        let attempt = async {
+            let store = Store::connect(settings.clone()).await?;
+            if check {
+                store.check_database().await?;
+            }
+            Ok::<Store, StoreError>(store)
+        };
+        let error = match attempt.await {
+            Ok(store) => {
+                if waiting_for.is_some() {
+                    tracing::info!(endpoint = %settings.endpoint, "database is up");
+                }
+                return Ok(store);
+            }
+            Err(error) => error,
+        };
+        let what = error.to_string();
+        if waiting_for.as_deref() != Some(what.as_str()) {
+            tracing::warn!(endpoint = %settings.endpoint, error = %what, "waiting for the database");
+        }
+        if let Some(limit) = wait
+            && started.elapsed() + pause > limit
+        {
+            return Err(AppError::Unreachable {
+                endpoint: settings.endpoint.clone(),
+                waited: humantime::format_duration(limit).to_string(),
+                source: error,
+            });
+        }
+        waiting_for = Some(what);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }

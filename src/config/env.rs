@@ -73,34 +73,14 @@ pub fn from_env_json(
     Ok(config)
 }
 
-/// Reads a dotenv file: `KEY=VALUE` lines; `#` comments and blank lines are skipped; an optional
-/// `export ` prefix and matching single or double quotes around the value are removed.
-pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut vars = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (name, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("line {}: expected KEY=VALUE", number + 1))?;
-        let name = name.trim();
-        if !is_env_name(name) {
-            return Err(format!(
-                "line {}: {name:?} is not a variable name",
-                number + 1
-            ));
-        }
-        let value = value.trim();
-        let value = ['"', '\'']
-            .iter()
-            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-            .unwrap_or(value);
-        vars.push((name.to_string(), value.to_string()));
-    }
-    Ok(vars)
+/// Reads a dotenv file as Node's and uv's tools do (quotes, escapes, `export`, comments), with
+/// `dotenvy`, the maintained successor of `dotenv`. An error names the file and what is wrong.
+pub fn read_dotenv(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let lines = dotenvy::from_path_iter(path)
+        .map_err(|e| format!("cannot read env file {}: {e}", path.display()))?;
+    lines
+        .map(|line| line.map_err(|e| format!("env file {}: {e}", path.display())))
+        .collect()
 }
 
 /// Fills `${VAR}` and `${VAR:-default}` from the environment. `$$` stands for a literal `$`.
@@ -199,20 +179,29 @@ mod tests {
 
     #[test]
     fn dotenv_lines() {
-        let vars = parse_dotenv("# comment\n\nA=1\nexport B = \"two words\"\nC='x=y'\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "# comment\n\nA=1\nexport B=\"two words\"\nC='x=y'\nD=\"line\\none\" # note\n",
+        )
+        .unwrap();
         assert_eq!(
-            vars,
+            read_dotenv(&path).unwrap(),
             [
                 ("A".into(), "1".into()),
                 ("B".into(), "two words".into()),
-                ("C".into(), "x=y".into())
+                ("C".into(), "x=y".into()),
+                ("D".into(), "line\none".into())
             ]
         );
-        assert!(parse_dotenv("JUST A LINE").unwrap_err().contains("line 1"));
+        std::fs::write(&path, "A=1\nJUST A LINE\n").unwrap();
+        let err = read_dotenv(&path).unwrap_err();
+        assert!(err.contains(".env"), "{err}");
         assert!(
-            parse_dotenv("1A=x")
+            read_dotenv(&dir.path().join("missing"))
                 .unwrap_err()
-                .contains("not a variable name")
+                .contains("cannot read")
         );
     }
 }

@@ -9,9 +9,7 @@ use serde_json::Value;
 use super::EnvLookup;
 use super::limits;
 use super::walk::{Walker, describe};
-use super::{
-    Backend, Config, ConfigError, DevCommand, DevSpec, FileDatabase, Origin, check_tables_unique,
-};
+use super::{Backend, Config, ConfigError, FileDatabase, Origin, check_tables_unique};
 use crate::job::retry::RetryPolicy;
 
 /// Parses the text of a sp00ky.yml (YAML, so JSON too).
@@ -136,9 +134,12 @@ impl Walker<'_> {
                 format!("only `http` backends can be called, got {kind:?}"),
             ));
         }
+        // The current CLI names the table after the app when `method.table` is left out.
         let table_key = format!("{method_key}.table");
-        let table = self.required_string(method.get("table"), &table_key)?;
-        let table = self.table_name(&table, &table_key)?;
+        let table = match self.opt_string(method.get("table"), &table_key)? {
+            Some(table) => self.table_name(&table, &table_key)?,
+            None => self.table_name(name, &format!("{key} (the table is named after it)"))?,
+        };
         let base_url = self.base_url(obj.get("baseUrl"), &format!("{key}.baseUrl"))?;
         let spec_key = format!("{key}.spec");
         let spec = self.required_string(obj.get("spec"), &spec_key)?;
@@ -159,7 +160,7 @@ impl Walker<'_> {
         };
         let dev = match obj.get("dev") {
             None | Some(Value::Null) => None,
-            Some(dev) => Some(self.dev(dev, &format!("{key}.dev"), base_dir)?),
+            Some(dev) => Some(self.dev_with_env(dev, obj.get("env"), key, base_dir)?),
         };
         let schedules = match obj.get("schedules") {
             None | Some(Value::Null) => Vec::new(),
@@ -277,76 +278,5 @@ impl Walker<'_> {
             row_limits.max_retries = retries as u32;
         }
         Ok(row_limits)
-    }
-
-    /// The `dev` key: a string, or `{type: npm|uv|docker, ...}` with optional `workdir` and
-    /// `env-file`, both relative to the config file's folder.
-    fn dev(&self, value: &Value, key: &str, base_dir: &Path) -> Result<DevSpec, ConfigError> {
-        if let Value::String(command) = value {
-            // Not interpolated: the shell expands variables itself, and `$$` must stay `$$`.
-            if command.trim().is_empty() {
-                return Err(self.err(key, "must not be empty"));
-            }
-            let command = command.clone();
-            return Ok(DevSpec {
-                command: DevCommand::Shell(command),
-                workdir: base_dir.to_path_buf(),
-                env_file: None,
-            });
-        }
-        let obj = self.object(value, key)?;
-        let workdir = match self.opt_string(obj.get("workdir"), &format!("{key}.workdir"))? {
-            Some(dir) => base_dir.join(dir),
-            None => base_dir.to_path_buf(),
-        };
-        let env_file = self
-            .opt_string(obj.get("env-file"), &format!("{key}.env-file"))?
-            .map(|file| base_dir.join(file));
-        let kind_key = format!("{key}.type");
-        let command = match self.required_string(obj.get("type"), &kind_key)?.as_str() {
-            "npm" => DevCommand::Npm {
-                script: self.required_string(obj.get("script"), &format!("{key}.script"))?,
-            },
-            "uv" => DevCommand::Uv {
-                script: self.required_string(obj.get("script"), &format!("{key}.script"))?,
-            },
-            "docker" => {
-                let port = match self.opt_u64(obj.get("port"), &format!("{key}.port"))? {
-                    None => None,
-                    Some(port) => Some(u16::try_from(port).map_err(|_| {
-                        self.err(
-                            &format!("{key}.port"),
-                            format!("{port} is not a port number"),
-                        )
-                    })?),
-                };
-                let mut env = Vec::new();
-                if let Some(vars) = obj.get("env") {
-                    for (name, value) in self.object(vars, &format!("{key}.env"))? {
-                        let value = self
-                            .opt_string(Some(value), &format!("{key}.env.{name}"))?
-                            .unwrap_or_default();
-                        env.push((name.clone(), value));
-                    }
-                }
-                DevCommand::Docker {
-                    file: base_dir
-                        .join(self.required_string(obj.get("file"), &format!("{key}.file"))?),
-                    port,
-                    env,
-                }
-            }
-            other => {
-                return Err(self.err(
-                    &kind_key,
-                    format!("unknown dev type {other:?}; expected npm, uv or docker (or a command string)"),
-                ));
-            }
-        };
-        Ok(DevSpec {
-            command,
-            workdir,
-            env_file,
-        })
     }
 }

@@ -88,6 +88,14 @@ pub const DELAY: DurationSetting = DurationSetting {
     max: secs(365 * 24 * 3600),
 };
 
+/// `--connect-timeout`: how long to wait for a database server (no default here: forever for
+/// `run`, 30 s for one-shot commands).
+pub const CONNECT_TIMEOUT: DurationSetting = DurationSetting {
+    default: secs(30),
+    min: millis(100),
+    max: secs(30 * 24 * 3600),
+};
+
 /// `--concurrency`: backend calls running at once.
 pub const CONCURRENCY: usize = 32;
 /// The range of `--concurrency`.

@@ -20,6 +20,7 @@ use url::Url;
 use crate::job::retry::RetryPolicy;
 use crate::schedule::Schedule;
 
+mod dev;
 mod env;
 mod file;
 pub mod limits;
@@ -27,7 +28,7 @@ mod schedules;
 mod walk;
 pub mod yaml;
 
-pub use env::{from_env_json, interpolate, parse_dotenv};
+pub use env::{from_env_json, interpolate, read_dotenv};
 pub use file::from_yaml;
 
 /// Where a setting came from, so an error can point a person at the right file or variable.
@@ -90,8 +91,22 @@ pub struct DevSpec {
     pub command: DevCommand,
     /// Where it runs: `workdir` resolved against the config file's folder (the project root).
     pub workdir: PathBuf,
-    /// A dotenv file whose variables the command gets.
-    pub env_file: Option<PathBuf>,
+    /// Where its environment comes from, in order (a later source wins): the typed form's
+    /// `env-file`, then the app's `env:`.
+    pub env: Vec<EnvSource>,
+    /// Its output prefix, after the key it came from (`app.api.dev`, `backend.api.dev`).
+    pub label: String,
+}
+
+/// One source of a dev command's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// A dotenv file (`KEY=VALUE`, quotes, escapes, `export`, comments: as Node and uv read them).
+    File(PathBuf),
+    /// Variables written in sp00ky.yml.
+    Vars(Vec<(String, String)>),
+    /// Names read from this process's environment (`{vault: [NAMES]}` with no vault here).
+    Process(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

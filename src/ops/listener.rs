@@ -61,6 +61,37 @@ pub fn router(state: OpsState) -> Router {
         .with_state(state)
 }
 
+/// What the listener answers while the runner waits for its database: alive (`/healthz` 200),
+/// not ready (`/readyz` 503), and nothing else yet.
+pub fn starting_router() -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|| async {
+                let body = json!({"database": false, "live_queries": false});
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+            }),
+        )
+        .fallback(|| async {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: waiting for the database",
+            )
+        })
+}
+
+/// Serves `router` until `shutdown` completes.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

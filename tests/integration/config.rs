@@ -306,3 +306,20 @@ fn spec_errors_name_the_file() {
     );
     assert_eq!(err.key, "openapi");
 }
+
+/// The current CLI writes a docker form's `port` as a string as often as a number.
+#[test]
+fn a_docker_port_may_be_a_string_or_a_number() {
+    for port in ["\"8080\"", "8080"] {
+        let text = backend_yaml(&format!(
+            "{GOOD}    dev:\n      type: docker\n      file: ./Dockerfile\n      port: {port}\n"
+        ));
+        let config = load_text(&text).unwrap();
+        let dev = config.backends[0].dev.as_ref().unwrap();
+        match &dev.command {
+            config::DevCommand::Docker { port, .. } => assert_eq!(*port, Some(8080)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dev.label, "app.api.dev");
+    }
+}

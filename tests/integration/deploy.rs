@@ -117,15 +117,15 @@ async fn dev_mode_runs_and_stops_every_backend() {
         "every dev command to report",
         Duration::from_secs(60),
         || async {
-            has("[backend.alpha.dev] ready alpha in")
-                && has("[backend.beta.dev] ready beta hello from env-file in beta db=devtest")
-                && has("[backend.gamma.dev] exited with exit status: 3")
+            has("[app.alpha.dev] ready alpha in")
+                && has("[app.beta.dev] ready beta hello from env-file in beta db=devtest")
+                && has("[app.gamma.dev] exited with exit status: 3")
         },
     )
     .await;
     let all = lines.lock().unwrap().clone();
     assert!(
-        all.iter().all(|l| l.starts_with("[backend.")),
+        all.iter().all(|l| l.starts_with("[app.")),
         "every child line is prefixed: {all:?}"
     );
     assert!(
@@ -225,17 +225,69 @@ fn capture_lines(
     lines
 }
 
+/// Every form of an app's `env:` reaches its dev command (which prints what it got); the output
+/// prefix follows the key the backend came from; an app without `method.table` drains a table
+/// named after it.
+#[tokio::test]
+async fn dev_children_get_every_env_form_under_their_key() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    std::fs::copy(fixture("openapi.yml"), root.join("openapi.yml")).unwrap();
+    std::fs::write(
+        root.join(".env.dev"),
+        "export FROM_FILE=\"from file\" # a comment\n",
+    )
+    .unwrap();
+    let print = "echo \"file=$FROM_FILE map=$FROM_MAP vault=$FROM_VAULT dev=$FROM_DEV cloud=${FROM_CLOUD:-none}\"; exec sleep 600";
+    let config = format!(
+        "apps:\n  envs:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:9\n    method:\n      type: outbox\n    dev: '{print}'\n    env:\n      - ./.env.dev\n      - FROM_MAP: 42\n      - vault: [FROM_VAULT]\n      - dev: {{FROM_DEV: on}}\n        cloud: {{FROM_CLOUD: yes}}\nbackends:\n  docs:\n    type: http\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:9\n    method:\n      type: outbox\n      table: docs_job\n    dev: 'echo documented; exec sleep 600'\n"
+    );
+    std::fs::write(root.join("sp00ky.yml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
+        .current_dir(root)
+        .env("FROM_VAULT", "from the environment")
+        .env_remove("SPKY_JOB_CONFIG")
+        .args(["--db", "mem://", "dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = capture_lines(child.stdout.take().unwrap());
+    let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    wait_until(
+        "both dev commands to print",
+        Duration::from_secs(60),
+        || async { has("[app.envs.dev] file=") && has("[backend.docs.dev] documented") },
+    )
+    .await;
+    assert!(
+        has("[app.envs.dev] file=from file map=42 vault=from the environment dev=on cloud=none"),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    crate::processes::signal(child.id(), "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(30))
+        .await
+        .expect("dev mode exits on SIGINT");
+    assert!(status.success(), "{status}");
+    let config =
+        sp00ky_job_runner::config::load(&root.join("sp00ky.yml"), &|_| None, Default::default())
+            .unwrap();
+    let envs = config.backends.iter().find(|b| b.name == "envs").unwrap();
+    assert_eq!(envs.table, "envs", "named after the app");
+}
+
 fn dockerfile() -> String {
     std::fs::read_to_string(repo("docker/Dockerfile")).unwrap()
 }
 
-/// The release build command the README gives, and the one the image runs.
+/// The distribution build command the README gives, and the one the image runs.
 fn readme_build_command() -> String {
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     let line = readme
         .lines()
-        .find(|l| l.trim_start().starts_with("cargo build --release"))
-        .expect("the README gives a release build command");
+        .find(|l| l.trim_start().starts_with("cargo build --profile dist"))
+        .expect("the README gives the distribution build command");
     line.trim().to_string()
 }
 

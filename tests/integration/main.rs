@@ -12,3 +12,4 @@ mod processes;
 mod scheduling;
 mod schema;
 mod security;
+mod startup;

@@ -77,16 +77,27 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
-        let mut server = Server {
+        let mut server = Server::not_started();
+        server.start_now().await;
+        server
+    }
+
+    /// A server with its port and storage chosen, not running yet: a runner may be pointed at
+    /// it first, as `spky dev` and Docker Compose often do.
+    pub fn not_started() -> Server {
+        Server {
             child: None,
             port: free_port(),
             data: tempfile::tempdir().unwrap(),
             logs: Arc::default(),
-        };
-        server.spawn().await;
-        let store = server.store_without_database().await;
+        }
+    }
+
+    /// Starts a [`Server::not_started`] and defines the test namespace and database.
+    pub async fn start_now(&mut self) {
+        self.spawn().await;
+        let store = self.store_without_database().await;
         store.define_namespace_and_database().await.unwrap();
-        server
     }
 
     async fn spawn(&mut self) {
@@ -213,6 +224,15 @@ impl RunnerProcess {
     /// Starts `sp00ky-job-runner run` against `server` with the project in `dir`, and waits until
     /// it has checked its tables and armed its live queries.
     pub async fn start(server: &Server, dir: &Path, run_args: &[&str]) -> RunnerProcess {
+        let mut runner = RunnerProcess::spawn(server, dir, run_args);
+        runner
+            .wait_for_log("runner started", Duration::from_secs(30))
+            .await;
+        runner
+    }
+
+    /// Starts `sp00ky-job-runner run` like [`RunnerProcess::start`], without waiting for it.
+    pub fn spawn(server: &Server, dir: &Path, run_args: &[&str]) -> RunnerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
             .current_dir(dir)
             .env("RUST_LOG", "warn,sp00ky_job_runner=info")
@@ -227,11 +247,7 @@ impl RunnerProcess {
             .spawn()
             .unwrap();
         let logs = capture(&mut child);
-        let mut runner = RunnerProcess { child, logs };
-        runner
-            .wait_for_log("runner started", Duration::from_secs(30))
-            .await;
-        runner
+        RunnerProcess { child, logs }
     }
 
     pub fn pid(&self) -> u32 {

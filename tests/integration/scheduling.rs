@@ -332,6 +332,7 @@ fn invalid_schedules_fail_at_load() {
             database: None,
             user: None,
             pass: None,
+            connect_timeout: None,
             log_format: sp00ky_job_runner::commands::args::LogFormat::Text,
         };
         sp00ky_job_runner::commands::load_backends(&global, Default::default(), &|_| None)
