@@ -2,6 +2,7 @@
 //!
 //! - [`listener`]: `/healthz`, `/readyz`, `/metrics` and the `/v1` admin API over HTTP.
 //! - [`admin`]: the operator verbs behind that API and the `jobs` commands.
+//!
 //! The metrics `/metrics` shows are the runner's own ([`crate::runner::metrics`]).
 
 pub mod admin;
