@@ -19,9 +19,9 @@
 //! - [`job`]: the life of one job, in the order it happens: `claim` → `row` → `validate` (with
 //!   `url_guard`) → `call` → `record`, tied together by `attempt`; `failure` (the error shape,
 //!   the bounded history) and `retry` (the delay formula).
-//! - [`config`]: the backends: `file` (sp00ky.yml), `schedules`, `env` (`SPKY_JOB_CONFIG`,
-//!   `${VAR}`, dotenv), `walk` (key-naming readers), `yaml` (YAML 1.2), and `limits` (every
-//!   default and range).
+//! - [`config`]: the backends: `file` (sp00ky.yml), `schedules`, `dev` (dev commands and
+//!   `env:`), `env` (`SPKY_JOB_CONFIG`, `${VAR}`, dotenv), `walk` (key-naming readers), `yaml`
+//!   (YAML 1.2), and `limits` (every default and range).
 //! - [`store`]: the only module that speaks SurrealQL: `queue` (the hot path: find, claim,
 //!   renew, write back, watch), `jobs` (create, read, list, retry, cancel, count, delete),
 //!   `schema` (the table definition, inspection and preparation), `schedules` (ticks).

@@ -13,3 +13,4 @@ mod scheduling;
 mod schema;
 mod security;
 mod startup;
+mod visible;

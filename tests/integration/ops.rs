@@ -144,9 +144,19 @@ fn metrics_count_the_three_jobs(text: &str) {
     );
 }
 
+/// A fresh store with the `job` table, and a runner (not started) over the fixture backend.
+async fn prepared_runner(backend_url: &str, runner_id: &str) -> (Store, Runner) {
+    let store = mem_store().await;
+    let backends = backends(backend_url, "job");
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), backends, fast_options(runner_id));
+    (store, runner)
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_after_known_jobs() {
-    let store = mem_store().await;
     let backend = TestBackend::start(|request, _| {
         if request.json()["id"] == "missing" {
             Reply::status(404)
@@ -155,11 +165,7 @@ async fn health_readiness_and_metrics_after_known_jobs() {
         }
     })
     .await;
-    let backends = backends(&backend.url, "job");
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
-        .await
-        .unwrap();
-    let runner = Runner::new(store.clone(), backends, fast_options("metrics"));
+    let (store, runner) = prepared_runner(&backend.url, "metrics").await;
     let url = serve_ops(&store, &runner, None).await;
     let status = runner.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -209,12 +215,7 @@ async fn health_readiness_and_metrics_after_known_jobs() {
 
 #[tokio::test]
 async fn the_admin_api_needs_the_right_token() {
-    let store = mem_store().await;
-    let backends = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
-        .await
-        .unwrap();
-    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
+    let (store, runner) = prepared_runner("http://127.0.0.1:9", "admin").await;
     let open = serve_ops(&store, &runner, None).await;
     let guarded = serve_ops(&store, &runner, Some(ADMIN)).await;
 
@@ -361,12 +362,7 @@ async fn bad_requests_get_clear_errors(api: &AdminApi) {
 
 #[tokio::test]
 async fn admin_verbs_and_malformed_requests() {
-    let store = mem_store().await;
-    let backends = backends("http://127.0.0.1:9", "job");
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends)
-        .await
-        .unwrap();
-    let runner = Runner::new(store.clone(), backends, fast_options("admin"));
+    let (store, runner) = prepared_runner("http://127.0.0.1:9", "admin").await;
     let url = serve_ops(&store, &runner, Some(ADMIN)).await;
     let api = AdminApi { url: url.clone() };
 
