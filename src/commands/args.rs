@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::limits;
+use crate::config::limits::{self, FlagDuration};
 use crate::job::retry::Strategy;
 
 /// Executes Sp00ky outbox jobs stored in SurrealDB.
@@ -212,17 +212,6 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
                 range.end()
             )
         })
-}
-
-/// A duration flag: parsed (and range-checked) by its [`limits`] setting, shown in `--help` as
-/// humantime writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlagDuration(pub Duration);
-
-impl std::fmt::Display for FlagDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,17 @@ impl DurationSetting {
     }
 }
 
+/// A duration flag: parsed (and range-checked) by its [`DurationSetting`], shown in `--help` as
+/// humantime writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagDuration(pub Duration);
+
+impl std::fmt::Display for FlagDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
 const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
@@ -94,6 +105,13 @@ pub const CONNECT_TIMEOUT: DurationSetting = DurationSetting {
     default: secs(30),
     min: millis(100),
     max: secs(30 * 24 * 3600),
+};
+
+/// `bench --duration`: how long the pickup-latency phase inserts.
+pub const BENCH_PICKUP: DurationSetting = DurationSetting {
+    default: secs(20),
+    min: millis(100),
+    max: secs(3600),
 };
 
 /// `--concurrency`: backend calls running at once.

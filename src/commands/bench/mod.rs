@@ -29,6 +29,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use crate::config::Backend;
+use crate::config::limits::FlagDuration;
 use crate::job::claim::{Claimer, Watermark};
 use crate::job::record::{SuccessWriter, Written};
 use crate::job::retry::RetryPolicy;
@@ -64,8 +65,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
     /// How long the pickup-latency run inserts.
-    #[arg(long, value_parser = |s: &str| crate::config::limits::SHUTDOWN_GRACE.parse(s), default_value = "20s")]
-    pub duration: Duration,
+    #[arg(long, value_parser = |s: &str| crate::config::limits::BENCH_PICKUP.parse(s).map(FlagDuration),
+          default_value_t = FlagDuration(crate::config::limits::BENCH_PICKUP.default))]
+    pub duration: FlagDuration,
     /// Jobs at once (the runner's default).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -95,7 +97,7 @@ impl BenchArgs {
         if self.quick {
             self.jobs = 1_000;
             self.rate = 100;
-            self.duration = Duration::from_secs(2);
+            self.duration = FlagDuration(Duration::from_secs(2));
             self.io_jobs = 320;
             self.memory_jobs = 5_000;
         }

@@ -108,7 +108,7 @@ pub(super) async fn pickup(
     // A client of its own where the database is a server; an embedded store has one handle.
     let client = store.own_connection().await?;
     let answered = backend.answered();
-    let total = (f64::from(args.rate) * args.duration.as_secs_f64()) as usize;
+    let total = (f64::from(args.rate) * args.duration.0.as_secs_f64()) as usize;
     let runner = runner(store, table, backend, args.concurrency);
     with_runner(runner, async {
         // Let the live query arm before the clock starts.
