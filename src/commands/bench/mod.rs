@@ -167,7 +167,7 @@ pub async fn bench(
     if !args.json {
         println!("{}", describe_machine());
         println!(
-            "jobs={} concurrency={} pickup: {}/s for {:?}; io: {} jobs at 50 ms; memory: {} jobs in batches of {}\n",
+            "jobs={} concurrency={} pickup: {}/s for {}; io: {} jobs at 50 ms; memory: {} jobs in batches of {}\n",
             args.jobs,
             args.concurrency,
             args.rate,
@@ -177,7 +177,9 @@ pub async fn bench(
             args.jobs
         );
     }
+    let progress = Progress::start();
     for mode in modes {
+        progress.phase(mode, "connecting");
         let (store, _guard) = connect(
             mode,
             &args,
@@ -186,7 +188,7 @@ pub async fn bench(
             db_pass.clone(),
         )
         .await?;
-        let result = run_mode(mode, &store, &args).await?;
+        let result = run_mode(mode, &store, &args, &progress).await?;
         drop(store);
         _guard.embedded_store_closed().await;
         if args.json {
@@ -312,9 +314,16 @@ async fn connect(
     Ok((store, guard))
 }
 
-async fn run_mode(mode: Mode, store: &Store, args: &BenchArgs) -> Result<ModeResult, BenchError> {
+async fn run_mode(
+    mode: Mode,
+    store: &Store,
+    args: &BenchArgs,
+    progress: &Progress,
+) -> Result<ModeResult, BenchError> {
+    progress.phase(mode, "limit (claim and result statements alone)");
     let limit = limit(store, args).await?;
     let backend = BenchBackend::start(Duration::ZERO).await;
+    progress.phase(mode, "throughput (the runner, 0 ms backend)");
     let throughput = drain(
         store,
         "bench_throughput",
@@ -323,10 +332,14 @@ async fn run_mode(mode: Mode, store: &Store, args: &BenchArgs) -> Result<ModeRes
         args.concurrency,
     )
     .await?;
+    progress.phase(mode, "pickup latency");
     let pickup = pickup(store, &backend, args).await?;
     let slow = BenchBackend::start(Duration::from_millis(50)).await;
+    progress.phase(mode, "I/O-bound (50 ms backend)");
     let io_bound = drain(store, "bench_io", &slow, args.io_jobs, args.concurrency).await?;
+    progress.phase(mode, "one job at a time (50 ms backend)");
     let serial = drain(store, "bench_serial", &slow, (args.io_jobs / 10).max(20), 1).await?;
+    progress.phase(mode, "memory");
     // In the embedded modes the engine shares the process: measure what it keeps on its own
     // first. Over WebSocket it is another process.
     let database_alone = match mode {

@@ -72,3 +72,45 @@ pub(super) fn print_table(result: &ModeResult) {
     }
     println!();
 }
+
+/// How often a phase that is still running says so on stderr.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Tells a person watching stderr what the benchmark is doing: each phase as it starts, and a
+/// line at least every [`PROGRESS_EVERY`] while one runs (a full run takes many minutes).
+/// Nothing goes to stdout, so `--json` output stays one object per mode.
+pub(super) struct Progress {
+    current: Arc<Mutex<(String, Instant)>>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub(super) fn start() -> Progress {
+        let current = Arc::new(Mutex::new(("starting".to_string(), Instant::now())));
+        let shared = current.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let (phase, since) = shared.lock().expect("progress lock").clone();
+                eprintln!(
+                    "bench: still {phase} ({} s so far)",
+                    since.elapsed().as_secs()
+                );
+            }
+        });
+        Progress { current, ticker }
+    }
+
+    /// `mode` starts `phase`.
+    pub(super) fn phase(&self, mode: Mode, phase: &str) {
+        let phase = format!("{mode:?}: {phase}");
+        eprintln!("bench: {phase}");
+        *self.current.lock().expect("progress lock") = (phase, Instant::now());
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
