@@ -280,12 +280,17 @@ pub async fn start_runner(
     }
 }
 
+/// A runner (id `r1`, fast options) over the fixture backend `api` at `base_url`, table `job`.
+pub async fn runner_for(store: &Store, base_url: &str) -> TestRunner {
+    start_runner(store, backends(base_url, "job"), fast_options("r1")).await
+}
+
 /// The one place a test starts the service: a fresh embedded database, a runner serving the
 /// fixture backend `api` at `backend_url` (table `job`), `row` inserted and run to its end. The
 /// finished row.
 pub async fn run_one(backend_url: &str, row: NewRow) -> Value {
     let store = mem_store().await;
-    let runner = start_runner(&store, backends(backend_url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, backend_url).await;
     let id = row.insert(&store).await;
     let done = wait_final(&store, &id, Duration::from_secs(20)).await;
     runner.stop().await;

@@ -13,12 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn success_sends_every_header_and_records_success() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(
-        &store,
-        backends(&format!("{}/api", backend.url), "job"),
-        fast_options("r1"),
-    )
-    .await;
+    let runner = runner_for(&store, &format!("{}/api", backend.url)).await;
 
     let id = job("/spookify")
         .payload(json!({"id": "thread:1"}))
@@ -64,7 +59,7 @@ async fn success_sends_every_header_and_records_success() {
 async fn object_payloads_are_sent_as_they_are() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
 
     let payload = json!({"id": "thread:2", "count": 3});
     let id = insert_row(
@@ -84,7 +79,7 @@ async fn object_payloads_are_sent_as_they_are() {
 async fn invalid_payload_fails_without_a_request() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
 
     let id = job("/spookify")
         .payload(json!({"count": -1}))
@@ -113,7 +108,7 @@ async fn invalid_payload_fails_without_a_request() {
 async fn path_templates_are_filled_from_the_payload() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
 
     let id = job("/threads/{id}/summary")
         .payload(json!({"id": "a b/c?d"}))
@@ -146,7 +141,7 @@ async fn server_errors_are_retried_until_success() {
         _ => Reply::ok(),
     })
     .await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
 
     let id = job("/spookify")
         .payload(json!({"id": "t"}))
@@ -276,7 +271,7 @@ async fn a_slow_backend_times_out_and_is_retried() {
         _ => Reply::ok(),
     })
     .await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
 
     // The backend allows per-job timeouts (timeoutOverridable: true); this row asks for 1 s.
     let id = insert_row(

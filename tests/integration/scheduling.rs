@@ -13,7 +13,7 @@ use crate::helpers::*;
 async fn delayed_jobs_wait_then_run_promptly() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     let created = Instant::now();
     let delayed = insert_row(
         &store,

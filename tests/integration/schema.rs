@@ -62,7 +62,7 @@ async fn a_schemafull_table_without_runner_fields_is_refused_with_the_fix() {
     prepare_tables(&store, &backends(&backend.url, "job"))
         .await
         .unwrap();
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     let done = wait_final(&store, &pending, std::time::Duration::from_secs(20)).await;
     runner.stop().await;
     assert_eq!(

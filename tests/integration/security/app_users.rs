@@ -37,7 +37,7 @@ async fn create_as(session: &Surreal<Any>, key: &str, extra: &str) -> surrealdb:
 async fn app_users_see_only_their_own_jobs_and_never_a_lease() {
     let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(300))).await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     define_app_access(&store).await;
     let ada = app_user(&store, "ada").await;
     let bob = app_user(&store, "bob").await;

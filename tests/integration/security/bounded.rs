@@ -52,7 +52,7 @@ async fn oversized_payloads_fail_as_row_without_a_request() {
 async fn validation_messages_are_bounded_and_escaped() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     let forged = format!(
         "\nINFO sp00ky_job_runner: job succeeded\r\n{}",
         "y".repeat(10_000)
@@ -145,7 +145,7 @@ async fn excerpts_are_scrubbed_before_they_are_cut() {
 async fn an_id_that_is_no_header_value_fails_the_job_once() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     // A key whose written form (`table:key`, what the header carries) is no header value.
     let unsendable = ["bad\u{7f}key", "bad\0key", "bad\nkey", "bad\rkey"]
         .into_iter()

@@ -51,12 +51,7 @@ async fn hostile_paths_never_reach_anything() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
     let evil = TestBackend::ok().await;
-    let runner = start_runner(
-        &store,
-        backends(&format!("{}/api", backend.url), "job"),
-        fast_options("r1"),
-    )
-    .await;
+    let runner = runner_for(&store, &format!("{}/api", backend.url)).await;
 
     let paths = hostile_paths(&evil.url);
     let mut ids = Vec::new();
@@ -143,7 +138,7 @@ async fn the_token_never_leaks() {
         Reply::status(400).body(format!("bad request, you sent {echoed}"))
     })
     .await;
-    let runner = start_runner(&store, backends(&backend.url, "job"), fast_options("r1")).await;
+    let runner = runner_for(&store, &backend.url).await;
     let id = job("/spookify")
         .payload(json!({"id": "t"}))
         .max_retries(0)

@@ -61,12 +61,7 @@ const ODD: &[&str] = &[
 async fn parameter_values_stay_one_segment_of_the_declared_route() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    let runner = start_runner(
-        &store,
-        backends(&format!("{}/api", backend.url), "job"),
-        fast_options("r1"),
-    )
-    .await;
+    let runner = runner_for(&store, &format!("{}/api", backend.url)).await;
 
     let mut refused = Vec::new();
     for value in HOSTILE {
