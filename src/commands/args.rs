@@ -45,7 +45,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_parser = |s: &str| limits::CONNECT_TIMEOUT.parse(s).map(FlagDuration))]
     pub connect_timeout: Option<FlagDuration>,
     /// Log format: readable text, or one JSON object per line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, env = "SPKY_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -68,6 +68,7 @@ pub enum Command {
     /// Print (or apply) the job table schema.
     Schema(SchemaArgs),
     /// Create a job the way a Sp00ky client's db.run does, after the same checks; prints its id.
+    /// While a runner holds the embedded store, goes through that runner's admin API.
     Enqueue(EnqueueArgs),
     /// Exit 0 when a running runner's /healthz answers (for container health checks).
     Health {
@@ -75,21 +76,64 @@ pub enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Inspect and repair jobs directly in the database (the admin API's verbs).
+    /// Inspect and repair jobs in the database (the admin API's verbs). While a runner holds the
+    /// embedded store, they go through that runner's admin API instead.
+    Jobs(JobsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub runner: RunnerAddress,
     #[command(subcommand)]
-    Jobs(JobsCommand),
+    pub command: JobsCommand,
+}
+
+/// Where a running runner's admin API is, for the verbs that fall back to it.
+#[derive(Debug, Args, Clone)]
+pub struct RunnerAddress {
+    /// The running runner's listener, used when it holds the embedded store.
+    #[arg(long, env = "SPKY_RUNNER_LISTEN", default_value = limits::LISTEN)]
+    pub listen: std::net::SocketAddr,
+}
+
+/// A job's status, as the contract spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobStatus {
+    Pending,
+    Processing,
+    Success,
+    Failed,
+}
+
+/// The statuses a finished job can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FinishedStatus {
+    Success,
+    Failed,
+}
+
+/// The only status whose jobs can be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailedStatus {
+    Failed,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// One page of jobs, in id order; pass the printed `next_cursor` as --cursor for the next.
+    /// One page of jobs, newest first; pass the printed `next_cursor` as --cursor for the next.
     List {
         /// The job table (needed when several are configured).
         #[arg(long)]
         table: Option<String>,
-        /// pending, processing, success or failed.
+        #[arg(long, value_enum)]
+        status: Option<JobStatus>,
+        /// Only jobs of exactly this path.
         #[arg(long)]
-        status: Option<String>,
+        path: Option<String>,
+        /// Only jobs whose id or assigned_to contains this text.
+        #[arg(long)]
+        text: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -97,10 +141,37 @@ pub enum JobsCommand {
     },
     /// One job, with its errors.
     Show { id: String },
-    /// Put a failed job back to pending with a fresh attempt budget (its errors are kept).
-    Retry { id: String },
+    /// Put failed jobs back to pending with a fresh attempt budget (their errors are kept): one
+    /// by id, or with --status failed every failed job matching --path and --since.
+    Retry {
+        /// One job's id; omit it and give --status failed to retry many.
+        #[arg(required_unless_present = "status", conflicts_with_all = ["status", "path", "since"])]
+        id: Option<String>,
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<FailedStatus>,
+        #[arg(long, requires = "status")]
+        path: Option<String>,
+        /// Failed at or after this: an RFC 3339 time, or a duration ago (1h, 2d).
+        #[arg(long, requires = "status")]
+        since: Option<String>,
+    },
     /// End a pending job as failed, with a `cancelled` error.
     Cancel { id: String },
+    /// Delete finished jobs with --status, optionally only --path and finished more than
+    /// --older-than ago. Prints how many.
+    Delete {
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long, value_enum)]
+        status: FinishedStatus,
+        #[arg(long)]
+        path: Option<String>,
+        /// e.g. 7d, 12h.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -111,23 +182,23 @@ pub struct RunArgs {
           value_parser = parse_concurrency)]
     pub concurrency: usize,
     /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
-    #[arg(long, value_parser = |s: &str| limits::POLL_INTERVAL.parse(s).map(FlagDuration),
+    #[arg(long, env = "SPKY_RUNNER_POLL_INTERVAL", value_parser = |s: &str| limits::POLL_INTERVAL.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::POLL_INTERVAL.default))]
     pub poll_interval: FlagDuration,
     /// How long a claim holds without renewal; a crashed runner's jobs are rescued after this.
-    #[arg(long, value_parser = |s: &str| limits::LEASE.parse(s).map(FlagDuration),
+    #[arg(long, env = "SPKY_RUNNER_LEASE", value_parser = |s: &str| limits::LEASE.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::LEASE.default))]
     pub lease: FlagDuration,
     /// How long in-flight jobs may finish after SIGINT/SIGTERM before they are put back.
-    #[arg(long, value_parser = |s: &str| limits::SHUTDOWN_GRACE.parse(s).map(FlagDuration),
+    #[arg(long, env = "SPKY_RUNNER_SHUTDOWN_GRACE", value_parser = |s: &str| limits::SHUTDOWN_GRACE.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::SHUTDOWN_GRACE.default))]
     pub shutdown_grace: FlagDuration,
     /// First retry delay, for backends that do not set `retry.baseMs`.
-    #[arg(long, value_parser = |s: &str| limits::RETRY_BASE.parse(s).map(FlagDuration),
+    #[arg(long, env = "SPKY_RUNNER_RETRY_BASE", value_parser = |s: &str| limits::RETRY_BASE.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::RETRY_BASE.default))]
     pub retry_base: FlagDuration,
     /// Longest retry delay, for backends that do not set `retry.maxDelayMs`.
-    #[arg(long, value_parser = |s: &str| limits::RETRY_CAP.parse(s).map(FlagDuration),
+    #[arg(long, env = "SPKY_RUNNER_RETRY_CAP", value_parser = |s: &str| limits::RETRY_CAP.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::RETRY_CAP.default))]
     pub retry_cap: FlagDuration,
     /// Where /healthz, /readyz, /metrics and the admin API listen. Anything but loopback needs an
@@ -135,9 +206,12 @@ pub struct RunArgs {
     #[arg(long, env = "SPKY_RUNNER_LISTEN", default_value = limits::LISTEN)]
     pub listen: std::net::SocketAddr,
     /// A file holding the admin API's bearer token (else env SPKY_RUNNER_ADMIN_TOKEN; without
-    /// either, the admin API is off).
-    #[arg(long)]
+    /// either, the admin API and dashboard are off, except under `dev`, which makes one).
+    #[arg(long, env = "SPKY_RUNNER_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Process every job due now, then exit: 0 when none was left `processing`.
+    #[arg(long, env = "SPKY_RUNNER_ONCE")]
+    pub once: bool,
 }
 
 impl Default for RunArgs {
@@ -169,6 +243,8 @@ pub struct SchemaArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub runner: RunnerAddress,
     /// The backend's name in the configuration.
     pub backend: String,
     /// A route of the backend's spec, e.g. /spookify.

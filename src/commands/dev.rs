@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 
 use super::args::{GlobalArgs, RunArgs};
 use super::error::AppError;
+use super::remote::dev_token_file;
 use super::{service, settings};
 use crate::config::{self, ConfigError, DevCommand, DevSpec, EnvLookup, EnvSource};
 use crate::job::retry::RetryPolicy;
@@ -27,12 +28,34 @@ const COLOURS: [&str; 6] = ["36", "35", "33", "32", "34", "31"];
 const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `run` with every backend's dev command beside it.
-pub async fn dev(global: &GlobalArgs, args: RunArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+pub async fn dev(
+    global: &GlobalArgs,
+    mut args: RunArgs,
+    env: EnvLookup<'_>,
+) -> Result<(), AppError> {
     // Before any child starts: Ctrl+C at any moment stops them all.
     let shutdown = service::shutdown_signal();
     let config = config::load(&global.config, env, RetryPolicy::default())?;
     let db = settings::db_settings(global, &config.database, env);
-    let colour = std::io::stdout().is_terminal();
+    let made_token = if args.admin_token_file.is_none() && env("SPKY_RUNNER_ADMIN_TOKEN").is_none()
+    {
+        let file = dev_token_file(&global.config);
+        write_dev_token(&file).map_err(|e| {
+            AppError::Usage(format!(
+                "cannot write the dev admin token to {}: {e}",
+                file.display()
+            ))
+        })?;
+        tracing::info!(
+            token_file = %file.display(),
+            "made an admin token for this run: sign in to the dashboard with it (`cat` the file); the CLI's `jobs` and `enqueue` find it there"
+        );
+        args.admin_token_file = Some(file.clone());
+        Some(file)
+    } else {
+        None
+    };
+    let colour = std::io::stdout().is_terminal() && env("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut children = Vec::new();
     for (index, backend) in config.backends.iter().enumerate() {
         let Some(spec) = &backend.dev else {
@@ -61,7 +84,30 @@ pub async fn dev(global: &GlobalArgs, args: RunArgs, env: EnvLookup<'_>) -> Resu
     for child in children {
         child.stop().await;
     }
+    if let Some(file) = made_token {
+        let _ = std::fs::remove_file(file);
+    }
     result
+}
+
+/// A random token for this run's admin API, in a file only its owner can read: 32 random bytes
+/// from the operating system, hex-encoded.
+fn write_dev_token(file: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(file);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    out.write_all(token.as_bytes())
 }
 
 fn spawn(spec: &DevSpec, db: &DbSettings, name: &str, env: EnvLookup<'_>) -> Result<Child, String> {

@@ -1,16 +1,33 @@
 //! The CLI's job verbs (`enqueue`, `jobs ...`) and the `health` probe.
+//!
+//! Each verb goes straight to the database through [`Admin`], like the admin API. An embedded
+//! store can be open in one process only: while `dev` or `run` holds it, the verbs go through
+//! that runner's admin API instead ([`RemoteAdmin`]), with the same output and exit codes.
 
 use std::sync::Arc;
 
+use secrecy::SecretString;
+use serde_json::{Value, json};
 use surrealdb::types::ToSql;
 
-use super::args::{EnqueueArgs, GlobalArgs, JobsCommand};
+use super::args::{
+    EnqueueArgs, FinishedStatus, GlobalArgs, JobStatus, JobsArgs, JobsCommand, RunnerAddress,
+};
 use super::error::AppError;
+use super::remote::{RemoteAdmin, dev_token_file};
 use super::service::prepare_tables;
-use super::settings::{ONE_SHOT_WAIT, connect, load_backends};
+use super::settings::{ONE_SHOT_WAIT, connect, db_settings, load_backends};
 use crate::config::EnvLookup;
 use crate::job::retry::RetryPolicy;
 use crate::ops::admin::{Admin, EnqueueRequest, ListQuery};
+use crate::ops::bulk::{BulkDelete, BulkRetry};
+use crate::store::StoreError;
+
+/// Who carries out a verb: the database itself, or the runner that holds it.
+enum Operator {
+    Direct(Admin),
+    Runner(RemoteAdmin),
+}
 
 /// `enqueue`: create a job like `db.run`: the route must exist and the payload must validate.
 pub async fn enqueue(
@@ -18,24 +35,29 @@ pub async fn enqueue(
     args: EnqueueArgs,
     env: EnvLookup<'_>,
 ) -> Result<(), AppError> {
-    let payload: serde_json::Value = serde_json::from_str(&args.payload)
+    let payload: Value = serde_json::from_str(&args.payload)
         .map_err(|e| AppError::Usage(format!("--payload is not JSON: {e}")))?;
-    let admin = admin_for(global, env).await?;
-    let id = admin
-        .enqueue(EnqueueRequest {
-            backend: args.backend,
-            path: args.path,
-            payload,
-            max_retries: Some(args.max_retries),
-            retry_strategy: Some(args.retry_strategy),
-            assigned_to: args.assigned_to,
-            timeout: args.timeout,
-            delay_ms: args.delay.map(|d| d.as_millis() as u64),
-            run_at: args.run_at,
-            priority: args.priority,
-        })
-        .await?;
-    println!("{}", id.to_sql());
+    let request = EnqueueRequest {
+        backend: args.backend,
+        path: args.path,
+        payload,
+        max_retries: Some(args.max_retries),
+        retry_strategy: Some(args.retry_strategy),
+        assigned_to: args.assigned_to,
+        timeout: args.timeout,
+        delay_ms: args.delay.map(|d| d.as_millis() as u64),
+        run_at: args.run_at,
+        priority: args.priority,
+    };
+    let id = match operator_for(global, &args.runner, env).await? {
+        Operator::Direct(admin) => admin.enqueue(request).await?.to_sql(),
+        Operator::Runner(remote) => {
+            let body = serde_json::to_value(&request).expect("a request serialises");
+            let created = remote.post("/v1/jobs", Some(body)).await?;
+            created["id"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    println!("{id}");
     Ok(())
 }
 
@@ -69,32 +91,11 @@ pub async fn health(
     }
 }
 
-/// `jobs ...`: the admin API's verbs, straight against the database.
-pub async fn jobs(
-    global: &GlobalArgs,
-    command: JobsCommand,
-    env: EnvLookup<'_>,
-) -> Result<(), AppError> {
-    let admin = admin_for(global, env).await?;
-    let value = match command {
-        JobsCommand::List {
-            table,
-            status,
-            limit,
-            cursor,
-        } => {
-            admin
-                .list(ListQuery {
-                    table,
-                    status,
-                    limit: Some(limit),
-                    cursor,
-                })
-                .await?
-        }
-        JobsCommand::Show { id } => admin.show(&id).await?,
-        JobsCommand::Retry { id } => admin.retry(&id).await?,
-        JobsCommand::Cancel { id } => admin.cancel(&id).await?,
+/// `jobs ...`: the admin API's verbs; prints the answer as JSON.
+pub async fn jobs(global: &GlobalArgs, args: JobsArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
+    let value = match operator_for(global, &args.runner, env).await? {
+        Operator::Direct(admin) => direct(&admin, args.command).await?,
+        Operator::Runner(remote) => through_runner(&remote, args.command).await?,
     };
     println!(
         "{}",
@@ -103,13 +104,171 @@ pub async fn jobs(
     Ok(())
 }
 
-/// Loads the backends, connects, and makes sure their tables exist.
-async fn admin_for(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<Admin, AppError> {
+async fn direct(admin: &Admin, command: JobsCommand) -> Result<Value, AppError> {
+    Ok(match command {
+        JobsCommand::List {
+            table,
+            status,
+            path,
+            text,
+            limit,
+            cursor,
+        } => {
+            admin
+                .list(ListQuery {
+                    table,
+                    status: status.map(|s| status_name(s).to_string()),
+                    path,
+                    q: text,
+                    limit: Some(limit),
+                    cursor,
+                })
+                .await?
+        }
+        JobsCommand::Show { id } => admin.show(&id).await?,
+        JobsCommand::Retry { id: Some(id), .. } => admin.retry(&id).await?,
+        JobsCommand::Retry {
+            id: None,
+            table,
+            path,
+            since,
+            ..
+        } => json!(
+            admin
+                .retry_matching(BulkRetry {
+                    table,
+                    status: Some("failed".into()),
+                    path,
+                    since,
+                })
+                .await?
+        ),
+        JobsCommand::Cancel { id } => admin.cancel(&id).await?,
+        JobsCommand::Delete {
+            table,
+            status,
+            path,
+            older_than,
+        } => json!(
+            admin
+                .delete_matching(BulkDelete {
+                    table,
+                    status: finished_name(status).into(),
+                    path,
+                    older_than,
+                })
+                .await?
+        ),
+    })
+}
+
+async fn through_runner(remote: &RemoteAdmin, command: JobsCommand) -> Result<Value, AppError> {
+    let id_path = |id: &str, verb: &str| {
+        let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        format!("/v1/jobs/{id}{verb}")
+    };
+    match command {
+        JobsCommand::List {
+            table,
+            status,
+            path,
+            text,
+            limit,
+            cursor,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            let optional = [
+                ("table", table),
+                ("status", status.map(|s| status_name(s).to_string())),
+                ("path", path),
+                ("q", text),
+                ("cursor", cursor),
+            ];
+            query.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            remote.get("/v1/jobs", &query).await
+        }
+        JobsCommand::Show { id } => remote.get(&id_path(&id, ""), &[]).await,
+        JobsCommand::Retry { id: Some(id), .. } => remote.post(&id_path(&id, "/retry"), None).await,
+        JobsCommand::Retry {
+            id: None,
+            table,
+            path,
+            since,
+            ..
+        } => {
+            let body = json!({"table": table, "status": "failed", "path": path, "since": since});
+            remote.post("/v1/jobs/retry", Some(body)).await
+        }
+        JobsCommand::Cancel { id } => remote.post(&id_path(&id, "/cancel"), None).await,
+        JobsCommand::Delete {
+            table,
+            status,
+            path,
+            older_than,
+        } => {
+            let body = json!({"table": table, "status": finished_name(status), "path": path, "older_than": older_than});
+            remote.post("/v1/jobs/delete", Some(body)).await
+        }
+    }
+}
+
+fn status_name(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Pending => "pending",
+        JobStatus::Processing => "processing",
+        JobStatus::Success => "success",
+        JobStatus::Failed => "failed",
+    }
+}
+
+fn finished_name(status: FinishedStatus) -> &'static str {
+    match status {
+        FinishedStatus::Success => "success",
+        FinishedStatus::Failed => "failed",
+    }
+}
+
+/// Loads the backends and connects; when a running runner holds the embedded store, that
+/// runner's admin API instead.
+async fn operator_for(
+    global: &GlobalArgs,
+    runner: &RunnerAddress,
+    env: EnvLookup<'_>,
+) -> Result<Operator, AppError> {
     let (config, backends) = load_backends(global, RetryPolicy::default(), env)?;
-    let store = connect(global, Some(&config), env, Some(ONE_SHOT_WAIT)).await?;
+    let settings = db_settings(global, &config.database, env);
+    let store = match connect(global, Some(&config), env, Some(ONE_SHOT_WAIT)).await {
+        Ok(store) => store,
+        Err(AppError::Store(error)) if settings.is_embedded() && is_held(&error) => {
+            let token_file = dev_token_file(&global.config);
+            let token = env("SPKY_RUNNER_ADMIN_TOKEN")
+                .or_else(|| std::fs::read_to_string(&token_file).ok())
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    AppError::Usage(format!(
+                        "the embedded store {} is held by a running runner; to go through its admin API, set SPKY_RUNNER_ADMIN_TOKEN (`dev` writes one to {})",
+                        settings.endpoint,
+                        token_file.display()
+                    ))
+                })?;
+            tracing::debug!(listen = %runner.listen, "the embedded store is held; using the running runner's admin API");
+            return Ok(Operator::Runner(RemoteAdmin::new(
+                runner.listen,
+                SecretString::from(token),
+            )));
+        }
+        Err(error) => return Err(error),
+    };
     prepare_tables(&store, &backends).await?;
-    Ok(Admin::new(
+    Ok(Operator::Direct(Admin::new(
         store,
         Arc::new(backends.into_iter().map(Arc::new).collect()),
-    ))
+    )))
+}
+
+/// Whether opening an embedded store failed because another process has it open.
+fn is_held(error: &StoreError) -> bool {
+    matches!(error, StoreError::Connect { .. })
+        && error.to_string().to_ascii_lowercase().contains("lock")
 }

@@ -22,7 +22,7 @@ pub fn init(format: LogFormat, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color())
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -30,4 +30,9 @@ pub fn init(format: LogFormat, quiet: bool) {
     };
     // A second init (tests) keeps the first subscriber; that is fine.
     drop(result);
+}
+
+/// <https://no-color.org>: a set, non-empty `NO_COLOR` turns colour off.
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

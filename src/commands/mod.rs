@@ -8,6 +8,7 @@ pub mod dev;
 pub mod error;
 pub mod jobs;
 pub mod logging;
+pub mod remote;
 pub mod service;
 pub mod settings;
 
@@ -29,7 +30,7 @@ pub async fn main(cli: Cli, env: EnvLookup<'_>) -> Result<(), AppError> {
         Command::Check => check::check(&cli.global, env).await,
         Command::Schema(args) => check::schema(&cli.global, args, env).await,
         Command::Enqueue(args) => jobs::enqueue(&cli.global, args, env).await,
-        Command::Jobs(command) => jobs::jobs(&cli.global, command, env).await,
+        Command::Jobs(args) => jobs::jobs(&cli.global, args, env).await,
         Command::Health { listen } => jobs::health(listen, env).await,
         Command::Bench(args) => {
             let settings = db_settings(&cli.global, &config::FileDatabase::default(), env);

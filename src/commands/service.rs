@@ -141,12 +141,13 @@ async fn serve(
     let planned = planned_schedules(&backends);
     let runner = Runner::new(store.clone(), backends, options);
     let status = runner.status();
-    let ops = OpsState {
-        store: store.clone(),
-        status: status.clone(),
-        admin: Admin::new(store.clone(), runner.backends()),
-        admin_token: admin_token.map(Arc::new),
-    };
+    let ops = OpsState::new(
+        store.clone(),
+        status.clone(),
+        Admin::new(store.clone(), runner.backends()),
+        admin_token,
+        args.poll_interval.0,
+    );
     if ops.admin_token.is_none() {
         tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
     }
@@ -160,24 +161,80 @@ async fn serve(
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
-    if !planned.is_empty() {
+    let tables: Vec<String> = runner
+        .backends()
+        .iter()
+        .map(|b| b.backend.table.clone())
+        .collect();
+    let runner_id = status.runner_id.clone();
+    // `--once` runs what is due when it starts; a schedule's later ticks are not that.
+    if !planned.is_empty() && !args.once {
         tokio::spawn(scheduler::run(
             store.clone(),
             planned,
             stopped(stop_rx.clone()),
         ));
     }
+    let due_by = chrono::Utc::now();
     let running = runner.run(stopped(stop_rx));
     tokio::pin!(running);
+    let drained = async {
+        match args.once {
+            true => drained(&store, &status, &tables, due_by).await,
+            false => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = shutdown.as_mut() => {
+            let _ = stop_tx.send(true);
+            running.await;
+        }
+        () = drained => {
+            tracing::info!("--once: every job due at the start was processed");
             let _ = stop_tx.send(true);
             running.await;
         }
         () = &mut running => {}
     }
     let _ = server.await;
+    if args.once {
+        let mut held = 0;
+        for table in &tables {
+            held += store.open_work(table, due_by, &runner_id).await?.1;
+        }
+        if held > 0 {
+            return Err(AppError::Unhealthy(format!(
+                "--once: {held} jobs were left processing (their leases will run out and another runner takes them)"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Waits until no job of `tables` that was due at `due_by` is pending and this runner holds none.
+/// Asks the database every 100 ms: a `--once` run is a batch, not a latency path.
+async fn drained(
+    store: &Store,
+    status: &RunnerStatus,
+    tables: &[String],
+    due_by: chrono::DateTime<chrono::Utc>,
+) {
+    loop {
+        let mut open = status.metrics.in_flight.get() as u64;
+        for table in tables {
+            match store.open_work(table, due_by, &status.runner_id).await {
+                Ok((due, held)) => open += due + held,
+                Err(e) => {
+                    tracing::warn!(%table, error = %e, "--once: could not count the work left");
+                    open += 1;
+                }
+            }
+        }
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Binds the operations listener, refusing a non-loopback address without an admin token.
@@ -201,6 +258,9 @@ async fn bind_listener(
         .map_err(listen_error)?;
     let local = listener.local_addr().map_err(listen_error)?;
     tracing::info!(listen = %local, "health, metrics and admin API listening");
+    if admin_token.is_some() {
+        tracing::info!(url = %format!("http://{local}/"), "dashboard");
+    }
     Ok(listener)
 }
 

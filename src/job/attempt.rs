@@ -28,15 +28,15 @@ pub struct Attempts {
     pub observer: Arc<dyn Observer>,
 }
 
-/// Where an attempt reports what happened: the runner's metrics. A trait, so that the job's life
-/// depends on nothing that watches it.
+/// Where an attempt reports what happened: the runner's metrics and its activity feed (what the
+/// dashboard shows live). A trait, so that the job's life depends on nothing that watches it.
 pub trait Observer: Send + Sync {
     /// A claimed job started, `lag` after it became due.
-    fn started(&self, lag: Option<Duration>);
+    fn started(&self, backend: &str, job: &Job, lag: Option<Duration>);
     /// The job's task ended, however.
     fn ended(&self);
     /// `decision` was written for an attempt that took `elapsed`.
-    fn recorded(&self, backend: &str, decision: &Decision, elapsed: Duration);
+    fn recorded(&self, backend: &str, job: &Job, decision: &Decision, elapsed: Duration);
 }
 
 /// How an attempt ended.
@@ -79,7 +79,7 @@ pub async fn run<S>(
     if let Some(lag) = lag {
         tracing::debug!(job = %job.display_id, lag_ms = lag.as_millis() as u64, "claimed");
     }
-    observer.started(lag);
+    observer.started(&backend.name, &job, lag);
     let _ended = Ended(observer);
 
     let result = match prepare(backend, routes, &job) {
@@ -204,7 +204,7 @@ fn observe(
 ) {
     match outcome {
         Outcome::Recorded(decision) => {
-            observer.recorded(backend, decision, elapsed);
+            observer.recorded(backend, job, decision, elapsed);
             log_decision(job, backend, decision, elapsed);
         }
         Outcome::LostLease => {

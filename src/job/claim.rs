@@ -282,7 +282,10 @@ impl Claimer {
         if give_up {
             tracing::warn!(job = %candidate.id.to_sql(), "lease expired and no attempts are left: job failed");
         }
-        Ok(claimed.map(|row| read_job(row, &token, candidate.due_at, &self.limits)))
+        Ok(claimed.map(|row| Job {
+            rescued: true,
+            ..read_job(row, &token, candidate.due_at, &self.limits)
+        }))
     }
 }
 

@@ -253,6 +253,7 @@ mod tests {
             }),
             due_at: None,
             history: Default::default(),
+            rescued: false,
         }
     }
 

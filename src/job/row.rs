@@ -29,6 +29,8 @@ pub struct Job {
     pub due_at: Option<DateTime<Utc>>,
     /// The row's `errors` as far as keeping them bounded needs.
     pub history: History,
+    /// Taken over from a runner whose lease ran out (not claimed as pending).
+    pub rescued: bool,
 }
 
 /// The client-written fields of a row, read and checked.
@@ -78,6 +80,7 @@ pub fn read_job(
         row: read_row(fields, limits),
         due_at,
         history: History::of_row(fields),
+        rescued: false,
     }
 }
 

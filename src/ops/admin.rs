@@ -13,7 +13,7 @@ use crate::config::limits;
 use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::retry::Strategy;
 use crate::runner::BackendRuntime;
-use crate::store::{NewJob, Store, StoreError};
+use crate::store::{JobFilter, NewJob, PageKey, Store, StoreError};
 
 /// Why an action was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum AdminError {
 }
 
 /// What `db.run` sends, as JSON (`POST /v1/jobs`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     pub backend: String,
@@ -57,6 +57,10 @@ pub struct EnqueueRequest {
 pub struct ListQuery {
     pub table: Option<String>,
     pub status: Option<String>,
+    /// Exactly this path.
+    pub path: Option<String>,
+    /// Text contained in the id or in `assigned_to`.
+    pub q: Option<String>,
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -178,28 +182,9 @@ impl Admin {
 
     /// One page: `{jobs, next_cursor}`; `next_cursor` is absent on the last page.
     pub async fn list(&self, query: ListQuery) -> Result<Value, AdminError> {
-        let table = match (&query.table, self.backends.as_slice()) {
-            (Some(table), _) => {
-                if !self.backends.iter().any(|b| &b.backend.table == table) {
-                    return Err(AdminError::NotFound(format!(
-                        "{table:?} is not a configured job table"
-                    )));
-                }
-                table.clone()
-            }
-            (None, [only]) => only.backend.table.clone(),
-            (None, _) => {
-                return Err(AdminError::BadRequest(
-                    "several job tables are configured: name one with `table`".into(),
-                ));
-            }
-        };
-        if let Some(status) = &query.status
-            && !["pending", "processing", "success", "failed"].contains(&status.as_str())
-        {
-            return Err(AdminError::BadRequest(format!(
-                "status {status:?} is not one of pending, processing, success, failed"
-            )));
+        let table = self.table(query.table.as_deref())?;
+        if let Some(status) = &query.status {
+            check_status(status, &["pending", "processing", "success", "failed"])?;
         }
         let limit = query.limit.unwrap_or(50);
         if limit == 0 || limit > MAX_PAGE {
@@ -210,24 +195,63 @@ impl Admin {
         let after = query
             .cursor
             .as_deref()
-            .map(|c| self.job_id(c))
+            .map(|c| self.page_key(c))
             .transpose()?;
-        let jobs = self
-            .store
-            .list_jobs(&table, query.status.as_deref(), after, limit)
-            .await?;
+        let filter = JobFilter {
+            status: query.status,
+            path: query.path.filter(|p| !p.is_empty()),
+            text: query.q.filter(|q| !q.is_empty()),
+            ..JobFilter::default()
+        };
+        let jobs = self.store.list_jobs(&table, &filter, after, limit).await?;
         let next = (jobs.len() == limit)
-            .then(|| {
-                jobs.last()
-                    .and_then(|j| j["id"].as_str())
-                    .map(str::to_string)
-            })
+            .then(|| jobs.last().and_then(cursor_of))
             .flatten();
         let mut page = json!({ "jobs": jobs });
         if let Some(next) = next {
             page["next_cursor"] = Value::String(next);
         }
         Ok(page)
+    }
+
+    /// The configured job table `table`, or the only one when none is named.
+    pub(crate) fn table(&self, table: Option<&str>) -> Result<String, AdminError> {
+        match (table, self.backends.as_slice()) {
+            (Some(table), _) => {
+                if !self.backends.iter().any(|b| b.backend.table == table) {
+                    return Err(AdminError::NotFound(format!(
+                        "{table:?} is not a configured job table"
+                    )));
+                }
+                Ok(table.to_string())
+            }
+            (None, [only]) => Ok(only.backend.table.clone()),
+            (None, _) => Err(AdminError::BadRequest(
+                "several job tables are configured: name one with `table`".into(),
+            )),
+        }
+    }
+
+    /// Reads a cursor made by [`cursor_of`]; its id must be in a configured job table.
+    fn page_key(&self, cursor: &str) -> Result<PageKey, AdminError> {
+        let bad = || AdminError::BadRequest(format!("{cursor:?} is not a cursor from this API"));
+        let text = unhex(cursor).ok_or_else(bad)?;
+        let (at, id) = text.split_once('|').ok_or_else(bad)?;
+        let created_at = chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|_| bad())?
+            .with_timezone(&chrono::Utc);
+        Ok(PageKey {
+            created_at,
+            id: self.job_id(id)?,
+        })
+    }
+
+    pub(crate) fn backends(&self) -> &[Arc<BackendRuntime>] {
+        &self.backends
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// A failed job back to `pending`, with a fresh attempt budget and its history kept.
@@ -266,6 +290,42 @@ impl Admin {
             Err(e) => AdminError::Store(e),
         }
     }
+}
+
+/// Refuses a status outside `allowed`.
+pub(crate) fn check_status(status: &str, allowed: &[&str]) -> Result<(), AdminError> {
+    if allowed.contains(&status) {
+        Ok(())
+    } else {
+        Err(AdminError::BadRequest(format!(
+            "status {status:?} is not one of {}",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// The cursor after `row`: its creation time and id, hex-encoded so that it travels in a URL
+/// as it is (ids may hold any character).
+fn cursor_of(row: &Value) -> Option<String> {
+    let at = row["created_at"].as_str()?;
+    let id = row["id"].as_str()?;
+    Some(
+        format!("{at}|{id}")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+fn unhex(text: &str) -> Option<String> {
+    if text.len() % 2 != 0 || text.len() > 4096 {
+        return None;
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// An RFC 3339 time for `run_at`.

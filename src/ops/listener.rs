@@ -1,4 +1,5 @@
-//! The operations listener: `/healthz`, `/readyz`, `/metrics`, and the admin API under `/v1`.
+//! The operations listener: `/healthz`, `/readyz`, `/metrics`, the admin API under `/v1`, and the
+//! dashboard at `/` ([`crate::ops::dashboard`]), which uses that API.
 //!
 //! The admin API needs a bearer token (`SPKY_RUNNER_ADMIN_TOKEN` or `--admin-token-file`).
 //! Without one it is switched off, and a listener on anything but loopback refuses to start, so
@@ -20,6 +21,8 @@ use serde_json::json;
 use surrealdb::types::ToSql;
 
 use crate::ops::admin::{Admin, AdminError, EnqueueRequest, ListQuery};
+use crate::ops::bulk::{BulkDelete, BulkRetry};
+use crate::ops::dashboard::{self, CountsCache};
 use crate::runner::RunnerStatus;
 use crate::store::Store;
 
@@ -30,6 +33,27 @@ pub struct OpsState {
     pub status: Arc<RunnerStatus>,
     pub admin: Admin,
     pub admin_token: Option<Arc<SecretString>>,
+    /// The dashboard's row counts, read at most once per refresh interval.
+    pub counts: Arc<CountsCache>,
+}
+
+impl OpsState {
+    /// `refresh`: how often the dashboard's counts may be read (the runner's poll interval).
+    pub fn new(
+        store: Store,
+        status: Arc<RunnerStatus>,
+        admin: Admin,
+        admin_token: Option<SecretString>,
+        refresh: std::time::Duration,
+    ) -> OpsState {
+        OpsState {
+            store,
+            status,
+            admin,
+            admin_token: admin_token.map(Arc::new),
+            counts: Arc::new(CountsCache::new(refresh)),
+        }
+    }
 }
 
 /// Refuses a listener that would expose the API beyond this machine without a token.
@@ -45,6 +69,10 @@ pub fn check_exposure(addr: &SocketAddr, token: Option<&SecretString>) -> Result
 pub fn router(state: OpsState) -> Router {
     let admin = Router::new()
         .route("/v1/jobs", post(enqueue).get(list))
+        .route("/v1/jobs/retry", post(bulk_retry))
+        .route("/v1/jobs/delete", post(bulk_delete))
+        .route("/v1/overview", get(dashboard::overview_endpoint))
+        .route("/v1/events", get(dashboard::events))
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -56,8 +84,17 @@ pub fn router(state: OpsState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/assets/app.css", get(dashboard::style))
         .merge(admin)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method",
+            )
+        })
         .with_state(state)
 }
 
@@ -166,6 +203,7 @@ async fn ready(State(state): State<OpsState>) -> Response {
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     state.status.refresh_row_counts(&state.store).await;
+    state.status.copy_conflicts(&state.store);
     (
         [(
             header::CONTENT_TYPE,
@@ -212,6 +250,33 @@ async fn retry(State(state): State<OpsState>, Path(id): Path<String>) -> Respons
 
 async fn cancel(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
     respond(state.admin.cancel(&id).await)
+}
+
+async fn bulk_retry(
+    State(state): State<OpsState>,
+    body: Result<Json<BulkRetry>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => respond_with(state.admin.retry_matching(request).await),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
+}
+
+async fn bulk_delete(
+    State(state): State<OpsState>,
+    body: Result<Json<BulkDelete>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => respond_with(state.admin.delete_matching(request).await),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
+}
+
+fn respond_with<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn respond(result: Result<serde_json::Value, AdminError>) -> Response {

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::job::attempt::Observer;
 use crate::job::record::Decision;
+use crate::job::row::Job;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -55,6 +56,11 @@ pub struct Metrics {
     pub rows: Family<TableLabels, Gauge>,
     /// Times the database came back after being unreachable.
     pub db_reconnects: Counter<u64, AtomicU64>,
+    /// Statements SurrealDB refused with a transaction conflict (copied from the store's count on
+    /// each scrape): what runners sharing a database cost each other.
+    pub transaction_conflicts: Counter<u64, AtomicU64>,
+    /// Expired leases taken over by this runner.
+    pub lease_rescues: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -77,6 +83,8 @@ impl Metrics {
         let in_flight = Gauge::default();
         let rows = Family::<TableLabels, Gauge>::default();
         let db_reconnects = Counter::default();
+        let transaction_conflicts = Counter::default();
+        let lease_rescues = Counter::default();
         registry.register(
             "attempts",
             "Attempts that ended, by backend and outcome",
@@ -109,6 +117,16 @@ impl Metrics {
             "Times the database came back after being unreachable",
             db_reconnects.clone(),
         );
+        registry.register(
+            "transaction_conflicts",
+            "Statements refused with a transaction conflict (retried, never a job failure)",
+            transaction_conflicts.clone(),
+        );
+        registry.register(
+            "lease_rescues",
+            "Expired leases taken over by this runner",
+            lease_rescues.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -119,6 +137,8 @@ impl Metrics {
             in_flight,
             rows,
             db_reconnects,
+            transaction_conflicts,
+            lease_rescues,
         }
     }
 
@@ -145,7 +165,10 @@ impl Metrics {
 }
 
 impl Observer for Metrics {
-    fn started(&self, lag: Option<std::time::Duration>) {
+    fn started(&self, _backend: &str, job: &Job, lag: Option<std::time::Duration>) {
+        if job.rescued {
+            self.lease_rescues.inc();
+        }
         if let Some(lag) = lag {
             self.claim_lag_seconds.observe(lag.as_secs_f64());
         }
@@ -156,7 +179,13 @@ impl Observer for Metrics {
         self.in_flight.dec();
     }
 
-    fn recorded(&self, backend: &str, decision: &Decision, elapsed: std::time::Duration) {
+    fn recorded(
+        &self,
+        backend: &str,
+        _job: &Job,
+        decision: &Decision,
+        elapsed: std::time::Duration,
+    ) {
         let label = match decision {
             Decision::Success => "success",
             Decision::Retry { .. } => "retry",

@@ -25,6 +25,7 @@ use crate::job::row::Job;
 use crate::job::validate::Routes;
 use crate::store::{DueHint, Store};
 
+pub mod activity;
 pub mod metrics;
 pub mod slots;
 pub mod status;
@@ -109,15 +110,18 @@ impl Runner {
                 ..Claimer::new(options.runner_id.clone(), options.lease)
             })
             .collect();
-        let tables = backends.iter().map(|b| b.backend.table.clone()).collect();
-        let status = Arc::new(RunnerStatus::new(tables, options.poll_interval));
+        let names = backends
+            .iter()
+            .map(|b| (b.backend.name.clone(), b.backend.table.clone()))
+            .collect();
+        let status = Arc::new(RunnerStatus::new(&options, names));
         Runner {
             attempts: Arc::new(Attempts {
                 successes: SuccessWriter::start(store.clone()),
                 store,
                 caller: Caller::new(),
                 lease: options.lease,
-                observer: status.metrics.clone(),
+                observer: status.clone(),
             }),
             options,
             status,

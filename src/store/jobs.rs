@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{ErrorEntry, Store, StoreError, query_err};
+use super::{ErrorEntry, JobFilter, PageKey, Store, StoreError, query_err};
 
 impl Store {
     /// Creates a pending job the way `db.run` does; returns its id.
@@ -114,6 +114,41 @@ impl Store {
         Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
     }
 
+    /// Rows per status (`pending`, `processing`, `success`, `failed`, in that order) of each
+    /// table, in one request: what the dashboard reads once per refresh, however many pages
+    /// are open.
+    pub async fn counts_by_status(&self, tables: &[&str]) -> Result<Vec<[u64; 4]>, StoreError> {
+        const STATEMENT: &str = "SELECT status, count() GROUP BY status";
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut text = String::new();
+        for table in tables {
+            let table = Self::table(table)?;
+            text.push_str(&format!(
+                "SELECT status, count() AS n FROM {table} GROUP BY status;"
+            ));
+        }
+        let mut response = self.exec(STATEMENT, self.db.query(text)).await?;
+        let mut counts = Vec::with_capacity(tables.len());
+        for index in 0..tables.len() {
+            let rows: Vec<Value> = response.take(index).map_err(query_err(STATEMENT))?;
+            let mut of_table = [0u64; 4];
+            for row in rows.into_iter().map(Value::into_json_value) {
+                let slot = match row["status"].as_str() {
+                    Some("pending") => 0,
+                    Some("processing") => 1,
+                    Some("success") => 2,
+                    Some("failed") => 3,
+                    _ => continue,
+                };
+                of_table[slot] = row["n"].as_u64().unwrap_or(0);
+            }
+            counts.push(of_table);
+        }
+        Ok(counts)
+    }
+
     /// Reads one row as JSON (tests and the CLI).
     pub async fn get(&self, id: &RecordId) -> Result<Option<serde_json::Value>, StoreError> {
         const STATEMENT: &str = "SELECT * FROM ONLY $id";
@@ -126,24 +161,29 @@ impl Store {
         Ok(row.map(Value::into_json_value))
     }
 
-    /// A page of rows in id order, after `after` (keyset paging: stable while rows change).
+    /// A page of rows, newest first, after `after` (keyset paging on `created_at` and `id`:
+    /// rows created, changed or deleted meanwhile never shift a page).
     pub async fn list_jobs(
         &self,
         table: &str,
-        status: Option<&str>,
-        after: Option<RecordId>,
+        filter: &JobFilter,
+        after: Option<PageKey>,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         const STATEMENT: &str = "SELECT page of jobs";
         let table = Self::table(table)?;
+        let (at, after_id) = after.map(|k| (k.created_at, k.id)).unzip();
         let query = self
             .db
             .query(format!(
-                "SELECT * FROM {table} WHERE ($status = NONE OR status = $status) \
-                   AND ($after = NONE OR id > $after) ORDER BY id LIMIT $limit"
+                "SELECT * FROM {table} WHERE {} \
+                   AND ($at = NONE OR created_at < $at OR (created_at = $at AND id < $after)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $limit",
+                JobFilter::CONDITION
             ))
-            .bind(("status", status.map(str::to_string)))
-            .bind(("after", after))
+            .bind(filter.bindings())
+            .bind(("at", at))
+            .bind(("after", after_id))
             .bind(("limit", limit as i64));
         let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;

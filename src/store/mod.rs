@@ -3,7 +3,9 @@
 //!
 //! One file per audience: [`queue`] is the hot path (find, claim, renew, write back, watch);
 //! [`jobs`] creates, reads and repairs jobs for the admin API, the CLI and the benchmark;
-//! [`schema`] defines and inspects the job tables; [`schedules`] keeps the scheduler's ticks.
+//! [`schema`] defines and inspects the job tables; [`schedules`] keeps the scheduler's ticks;
+//! [`bulk`] filters, retries and deletes many jobs at once for operators; [`ceiling`] is the
+//! benchmark's ideal queue.
 //! This module depends on nothing else in the crate.
 //!
 //! Table names are formatted into statements (SurrealQL cannot bind a table name into an indexed
@@ -12,7 +14,7 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -21,11 +23,14 @@ use surrealdb::types::{RecordId, Value};
 use surrealdb::{IndexedResults, Surreal};
 use tokio::sync::watch;
 
+pub mod bulk;
+pub mod ceiling;
 pub mod jobs;
 pub mod queue;
 pub mod schedules;
 pub mod schema;
 
+pub use bulk::{JobFilter, PageKey};
 pub use jobs::{Finished, NewJob, new_job_key};
 pub use queue::{Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, Watch, WriteBack};
 pub use schema::{
@@ -119,6 +124,9 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Health {
     down: AtomicBool,
     reconnects: watch::Sender<u64>,
+    /// Statements SurrealDB refused with a transaction conflict (another writer touched the same
+    /// keys at once): what several runners on one database cost each other.
+    conflicts: AtomicU64,
 }
 
 impl Default for Health {
@@ -126,6 +134,7 @@ impl Default for Health {
         Health {
             down: AtomicBool::new(false),
             reconnects: watch::Sender::new(0),
+            conflicts: AtomicU64::new(0),
         }
     }
 }
@@ -146,6 +155,11 @@ impl Health {
 
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::SeqCst)
+    }
+
+    /// Transaction conflicts seen so far, by every clone of this store.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// Changes each time the database comes back after being down.
@@ -224,13 +238,23 @@ impl Store {
                 } else {
                     self.health.mark_up();
                 }
-                Err(query_err(statement)(source))
+                Err(self.counted(query_err(statement)(source)))
             }
             Ok(Ok(response)) => {
                 self.health.mark_up();
-                response.check().map_err(query_err(statement))
+                response
+                    .check()
+                    .map_err(|source| self.counted(query_err(statement)(source)))
             }
         }
+    }
+
+    /// Counts `error` in [`Health::conflicts`] when it is a transaction conflict.
+    fn counted(&self, error: StoreError) -> StoreError {
+        if error.is_conflict() {
+            self.health.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        error
     }
 
     /// A connection of its own on a server (an embedded store has one handle, which is shared).

@@ -3,10 +3,12 @@
 mod chaos;
 mod cli;
 mod config;
+mod dashboard;
 mod deploy;
 mod exactly_once;
 mod helpers;
 mod jobs;
+mod operator;
 mod ops;
 mod processes;
 mod scheduling;

@@ -1,6 +1,5 @@
 //! The operations listener: health, readiness, metrics, and the admin API with its token.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -12,16 +11,17 @@ use sp00ky_job_runner::store::Store;
 
 use crate::helpers::*;
 
-const ADMIN: &str = "admin-secret-for-tests";
+pub(crate) const ADMIN: &str = "admin-secret-for-tests";
 
 /// Serves the ops router on 127.0.0.1:0 for `runner` (not started) and returns its base URL.
-async fn serve_ops(store: &Store, runner: &Runner, token: Option<&str>) -> String {
-    let state = OpsState {
-        store: store.clone(),
-        status: runner.status(),
-        admin: Admin::new(store.clone(), runner.backends()),
-        admin_token: token.map(|t| Arc::new(SecretString::from(t.to_string()))),
-    };
+pub(crate) async fn serve_ops(store: &Store, runner: &Runner, token: Option<&str>) -> String {
+    let state = OpsState::new(
+        store.clone(),
+        runner.status(),
+        Admin::new(store.clone(), runner.backends()),
+        token.map(|t| SecretString::from(t.to_string())),
+        std::time::Duration::from_secs(1),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(listener::serve(listener, state, std::future::pending()));
@@ -32,7 +32,7 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn call(
+pub(crate) async fn call(
     method: reqwest::Method,
     url: String,
     token: Option<&str>,
@@ -145,7 +145,7 @@ fn metrics_count_the_three_jobs(text: &str) {
 }
 
 /// A fresh store with the `job` table, and a runner (not started) over the fixture backend.
-async fn prepared_runner(backend_url: &str, runner_id: &str) -> (Store, Runner) {
+pub(crate) async fn prepared_runner(backend_url: &str, runner_id: &str) -> (Store, Runner) {
     let store = mem_store().await;
     let backends = backends(backend_url, "job");
     sp00ky_job_runner::commands::prepare_tables(&store, &backends)
@@ -273,12 +273,12 @@ async fn the_admin_api_needs_the_right_token() {
 }
 
 /// The admin API of a test listener, called with the test token.
-struct AdminApi {
-    url: String,
+pub(crate) struct AdminApi {
+    pub(crate) url: String,
 }
 
 impl AdminApi {
-    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         call(
             reqwest::Method::POST,
             format!("{}{path}", self.url),
@@ -288,7 +288,7 @@ impl AdminApi {
         .await
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         call(
             reqwest::Method::GET,
             format!("{}{path}", self.url),

@@ -3,10 +3,13 @@
 //! For each database mode (embedded `mem://`, embedded SurrealKV, and a SurrealDB server over
 //! WebSocket when one is available) it measures, in one process:
 //!
-//! 1. **limit**: the claim and result statements the runner sends, in a tight loop at the same
-//!    concurrency, with no HTTP and no runner loop: what the database allows.
+//! 1. **ceiling**: the cheapest batched queue on this database (find due ids, one conditional
+//!    claim, one result write), several loops on rows of their own, at the batch size and loop
+//!    count that move the most rows: what the database allows, measured apart from our code.
+//!    Then **limit**: the runner's own claim and result statements in a tight loop at the same
+//!    concurrency, with no HTTP and no runner loop (what our statements allow).
 //! 2. **throughput**: pre-inserted jobs drained by the real runner through a zero-latency local
-//!    HTTP backend, and its ratio to the limit.
+//!    HTTP backend, and its ratio to the ceiling and to the limit.
 //! 3. **pickup latency**: jobs inserted at a steady rate by a separate client; time from insert
 //!    to the backend receiving the request.
 //! 4. **I/O-bound throughput**: a backend answering after 50 ms, at the default concurrency,
@@ -39,14 +42,18 @@ use crate::runner::{BackendRuntime, Runner, RunnerOptions};
 use crate::store::{DbSettings, Finished, NewJob, Store, StoreError, WriteBack};
 
 mod backend;
+mod ceiling;
 mod limit;
 mod phases;
 mod report;
+mod scale;
 
 use backend::*;
+use ceiling::*;
 use limit::*;
 use phases::*;
 use report::*;
+use scale::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,12 +91,24 @@ pub struct BenchArgs {
     /// a `sp00ky-test-surreal` binary next to this one is started on a free loopback port.
     #[arg(long)]
     pub ws_endpoint: Option<String>,
+    /// Instead of the modes: this many runner processes (`run`) side by side on one server,
+    /// e.g. `1,2,4`, each size draining --jobs jobs (the server: --ws-endpoint, or one started
+    /// here).
+    #[arg(long, value_delimiter = ',', value_parser = parse_processes)]
+    pub scale_out: Vec<usize>,
     /// Small sizes: finishes in under a minute (a smoke check, not a measurement).
     #[arg(long)]
     pub quick: bool,
     /// One JSON object per mode instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_processes(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=16) => Ok(n),
+        _ => Err(format!("{text:?} is not a process count from 1 to 16")),
+    }
 }
 
 impl BenchArgs {
@@ -119,8 +138,13 @@ pub struct ModeResult {
     pub mode: Mode,
     pub jobs: usize,
     pub concurrency: usize,
+    /// The ideal batched queue's best rate, and the batch size and loop count that reached it.
+    pub ceiling_jobs_per_s: f64,
+    pub ceiling_batch: usize,
+    pub ceiling_loops: usize,
     pub limit_jobs_per_s: f64,
     pub throughput_jobs_per_s: f64,
+    pub ratio_to_ceiling: f64,
     pub ratio_to_limit: f64,
     pub pickup_ms: Percentiles,
     pub pickup_samples: usize,
@@ -178,6 +202,15 @@ pub async fn bench(
         );
     }
     let progress = Progress::start();
+    if !args.scale_out.is_empty() {
+        let rows = scale_out(&args, server_binary.as_ref(), db_user, db_pass, &progress).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&rows).expect("rows serialise"));
+        } else {
+            print_scale(&rows);
+        }
+        return Ok(());
+    }
     for mode in modes {
         progress.phase(mode, "connecting");
         let (store, _guard) = connect(
@@ -320,6 +353,7 @@ async fn run_mode(
     args: &BenchArgs,
     progress: &Progress,
 ) -> Result<ModeResult, BenchError> {
+    let ceiling = ceiling(store, args, progress, mode).await?;
     progress.phase(mode, "limit (claim and result statements alone)");
     let limit = limit(store, args).await?;
     let backend = BenchBackend::start(Duration::ZERO).await;
@@ -351,8 +385,12 @@ async fn run_mode(
         mode,
         jobs: args.jobs,
         concurrency: args.concurrency,
+        ceiling_jobs_per_s: round(ceiling.jobs_per_s),
+        ceiling_batch: ceiling.batch,
+        ceiling_loops: ceiling.loops,
         limit_jobs_per_s: round(limit),
         throughput_jobs_per_s: round(throughput),
+        ratio_to_ceiling: round(throughput / ceiling.jobs_per_s),
         ratio_to_limit: round(throughput / limit),
         pickup_samples: pickup.1,
         pickup_ms: pickup.0,

@@ -41,12 +41,17 @@ pub(super) fn print_table(result: &ModeResult) {
     let p = &result.pickup_ms;
     println!("mode {:?}", result.mode);
     println!(
-        "  limit (claim + result statements)  {:>10.0} jobs/s",
+        "  ceiling (ideal batched queue)       {:>10.0} jobs/s   batch {}, {} loops",
+        result.ceiling_jobs_per_s, result.ceiling_batch, result.ceiling_loops
+    );
+    println!(
+        "  limit (runner's own statements)     {:>10.0} jobs/s",
         result.limit_jobs_per_s
     );
     println!(
-        "  throughput (runner, 0 ms backend)   {:>10.0} jobs/s   {:.0} % of limit",
+        "  throughput (runner, 0 ms backend)   {:>10.0} jobs/s   {:.0} % of ceiling, {:.0} % of limit",
         result.throughput_jobs_per_s,
+        result.ratio_to_ceiling * 100.0,
         result.ratio_to_limit * 100.0
     );
     println!(
