@@ -161,11 +161,7 @@ async fn serve(
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
-    let tables: Vec<String> = runner
-        .backends()
-        .iter()
-        .map(|b| b.backend.table.clone())
-        .collect();
+    let tables: Vec<String> = backends_tables(&runner);
     let runner_id = status.runner_id.clone();
     // `--once` runs what is due when it starts; a schedule's later ticks are not that.
     if !planned.is_empty() && !args.once {
@@ -197,16 +193,32 @@ async fn serve(
         () = &mut running => {}
     }
     let _ = server.await;
-    if args.once {
-        let mut held = 0;
-        for table in &tables {
-            held += store.open_work(table, due_by, &runner_id).await?.1;
-        }
-        if held > 0 {
-            return Err(AppError::Unhealthy(format!(
-                "--once: {held} jobs were left processing (their leases will run out and another runner takes them)"
-            )));
-        }
+    match args.once {
+        true => left_processing(&store, &tables, due_by, &runner_id).await,
+        false => Ok(()),
+    }
+}
+
+fn backends_tables(runner: &Runner) -> Vec<String> {
+    let backends = runner.backends();
+    backends.iter().map(|b| b.backend.table.clone()).collect()
+}
+
+/// The end of `--once`: an error when this runner left jobs `processing`.
+async fn left_processing(
+    store: &Store,
+    tables: &[String],
+    due_by: chrono::DateTime<chrono::Utc>,
+    runner_id: &str,
+) -> Result<(), AppError> {
+    let mut held = 0;
+    for table in tables {
+        held += store.open_work(table, due_by, runner_id).await?.1;
+    }
+    if held > 0 {
+        return Err(AppError::Unhealthy(format!(
+            "--once: {held} jobs were left processing (their leases will run out and another runner takes them)"
+        )));
     }
     Ok(())
 }

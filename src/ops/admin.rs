@@ -318,7 +318,7 @@ fn cursor_of(row: &Value) -> Option<String> {
 }
 
 fn unhex(text: &str) -> Option<String> {
-    if text.len() % 2 != 0 || text.len() > 4096 {
+    if !text.len().is_multiple_of(2) || text.len() > 4096 {
         return None;
     }
     let bytes = (0..text.len())

@@ -9,7 +9,6 @@
 //! attempts ([`crate::runner::activity`]) and cost the database nothing.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
@@ -19,7 +18,7 @@ use futures::Stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::ops::listener::OpsState;
+use crate::ops::state::OpsState;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -55,51 +54,11 @@ pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-/// Row counts read at most once per refresh interval, shared by every caller.
-pub struct CountsCache {
-    every: Duration,
-    last: tokio::sync::Mutex<Option<(Instant, Vec<[u64; 4]>)>>,
-}
-
-impl CountsCache {
-    pub fn new(every: Duration) -> CountsCache {
-        CountsCache {
-            every,
-            last: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    pub fn every(&self) -> Duration {
-        self.every
-    }
-
-    /// The counts of `tables`, read now unless a read less than one interval old exists.
-    /// Held across the read, so callers arriving together wait for one read.
-    async fn get(&self, state: &OpsState, tables: &[&str]) -> Option<Vec<[u64; 4]>> {
-        let mut last = self.last.lock().await;
-        if let Some((at, counts)) = last.as_ref()
-            && at.elapsed() < self.every
-        {
-            return Some(counts.clone());
-        }
-        match state.store.counts_by_status(tables).await {
-            Ok(counts) => {
-                *last = Some((Instant::now(), counts.clone()));
-                Some(counts)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "could not count rows for the dashboard");
-                last.as_ref().map(|(_, counts)| counts.clone())
-            }
-        }
-    }
-}
-
 /// What the overview page shows; also the `overview` event of the feed.
 pub async fn overview(state: &OpsState) -> Value {
     let backends = state.admin.backends();
     let tables: Vec<&str> = backends.iter().map(|b| b.backend.table.as_str()).collect();
-    let counts = state.counts.get(state, &tables).await;
+    let counts = state.counts.get(&state.store, &tables).await;
     let now = chrono::Utc::now();
     let status = &state.status;
     let backends: Vec<Value> = backends

@@ -7,7 +7,6 @@
 //! admin API is JSON; a malformed request gets a 4xx with `{"error": "..."}`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -20,41 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use surrealdb::types::ToSql;
 
-use crate::ops::admin::{Admin, AdminError, EnqueueRequest, ListQuery};
+use crate::ops::admin::{AdminError, EnqueueRequest, ListQuery};
 use crate::ops::bulk::{BulkDelete, BulkRetry};
-use crate::ops::dashboard::{self, CountsCache};
-use crate::runner::RunnerStatus;
-use crate::store::Store;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct OpsState {
-    pub store: Store,
-    pub status: Arc<RunnerStatus>,
-    pub admin: Admin,
-    pub admin_token: Option<Arc<SecretString>>,
-    /// The dashboard's row counts, read at most once per refresh interval.
-    pub counts: Arc<CountsCache>,
-}
-
-impl OpsState {
-    /// `refresh`: how often the dashboard's counts may be read (the runner's poll interval).
-    pub fn new(
-        store: Store,
-        status: Arc<RunnerStatus>,
-        admin: Admin,
-        admin_token: Option<SecretString>,
-        refresh: std::time::Duration,
-    ) -> OpsState {
-        OpsState {
-            store,
-            status,
-            admin,
-            admin_token: admin_token.map(Arc::new),
-            counts: Arc::new(CountsCache::new(refresh)),
-        }
-    }
-}
+use crate::ops::dashboard;
+pub use crate::ops::state::OpsState;
 
 /// Refuses a listener that would expose the API beyond this machine without a token.
 pub fn check_exposure(addr: &SocketAddr, token: Option<&SecretString>) -> Result<(), String> {

@@ -11,3 +11,4 @@ pub mod admin;
 pub mod bulk;
 pub mod dashboard;
 pub mod listener;
+pub mod state;

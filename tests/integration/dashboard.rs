@@ -86,7 +86,11 @@ async fn the_pages_load_for_anyone_and_their_data_only_with_the_token() {
         60
     );
 
-    // Whatever a browser sends, a clear 4xx with a message, never a 500.
+    browser_mistakes_get_a_clear_4xx(&url).await;
+}
+
+/// Whatever a browser sends, a clear 4xx with a message, never a 500.
+async fn browser_mistakes_get_a_clear_4xx(url: &str) {
     for (method, path, body) in [
         ("GET", "/v1/jobs?status=bogus", None),
         ("GET", "/v1/jobs?limit=0", None),
@@ -250,13 +254,8 @@ async fn the_feed_carries_each_status_change_and_the_overview() {
     task.await.unwrap();
 }
 
-#[tokio::test]
-async fn bulk_verbs_touch_only_matching_rows_and_say_how_many() {
-    let backend = TestBackend::ok().await;
-    let (store, runner) = prepared_runner(&backend.url, "bulk").await;
-    let api = AdminApi {
-        url: serve_ops(&store, &runner, Some(ADMIN)).await,
-    };
+/// Failed and finished rows of two paths, some changed long ago, and one pending row.
+async fn seed_finished_rows(store: &sp00ky_job_runner::store::Store) {
     let old = "2026-01-01T00:00:00Z";
     let rows = [
         ("/spookify", "failed", None),
@@ -269,7 +268,7 @@ async fn bulk_verbs_touch_only_matching_rows_and_say_how_many() {
     ];
     for (path, status, updated) in rows {
         let id = insert_row(
-            &store,
+            store,
             "job",
             json!({"path": path, "payload": "{}", "status": status, "retries": 3}),
         )
@@ -284,6 +283,16 @@ async fn bulk_verbs_touch_only_matching_rows_and_say_how_many() {
                 .unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn bulk_verbs_touch_only_matching_rows_and_say_how_many() {
+    let backend = TestBackend::ok().await;
+    let (store, runner) = prepared_runner(&backend.url, "bulk").await;
+    let api = AdminApi {
+        url: serve_ops(&store, &runner, Some(ADMIN)).await,
+    };
+    seed_finished_rows(&store).await;
     // Retry the failed /spookify jobs that failed this year... since a day ago: two of them.
     let (code, answer) = api
         .post(

@@ -127,7 +127,20 @@ async fn while_dev_holds_the_embedded_store_the_cli_goes_through_its_admin_api()
     .await;
     assert_eq!(backend.count(), 1);
 
-    // The same answers and exit codes as the direct path.
+    same_answers_as_the_direct_path(&project, port).await;
+
+    // Stopping dev removes the token it made.
+    crate::processes::signal(dev.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!token_file.exists());
+}
+
+/// The verbs through a running runner: the same answers and exit codes as the direct path.
+async fn same_answers_as_the_direct_path(project: &Project, port: u16) {
     let refused = project
         .run(
             port,
@@ -182,15 +195,6 @@ async fn while_dev_holds_the_embedded_store_the_cli_goes_through_its_admin_api()
             .code(),
         Some(2)
     );
-
-    // Stopping dev removes the token it made.
-    crate::processes::signal(dev.id().unwrap(), "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    assert!(!token_file.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
