@@ -1,7 +1,8 @@
 """A small example backend for sp00ky.yml: answers the routes of example/openapi.yml.
 
 Standard library only, so `python3 example/backend.py` runs anywhere. It checks the bearer token,
-prints each job it receives, and answers 200.
+prints each job it receives, and answers 200; a payload with `"id": "flaky"` fails the first call
+for each job (503), so a retry from the dashboard or `jobs retry` can be seen to succeed.
 """
 
 import json
@@ -14,6 +15,7 @@ TOKEN = os.environ.get("EXAMPLE_BACKEND_TOKEN", "change-me")
 HOST = os.environ.get("EXAMPLE_BACKEND_HOST", "127.0.0.1")
 PORT = int(os.environ.get("EXAMPLE_BACKEND_PORT", "3660"))
 ROUTES = [re.compile(r"^/spookify$"), re.compile(r"^/threads/[^/]+/summary$")]
+FAILED_ONCE = set()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,6 +45,10 @@ class Handler(BaseHTTPRequestHandler):
         job = self.headers.get("idempotency-key")
         attempt = self.headers.get("x-sp00ky-attempt")
         print(f"job {job} attempt {attempt}: {self.path} {json.dumps(payload)}", flush=True)
+        if isinstance(payload, dict) and payload.get("id") == "flaky" and job not in FAILED_ONCE:
+            FAILED_ONCE.add(job)
+            self.reply(503, {"error": "flaky: the first call for each job fails"})
+            return
         self.reply(200, {"ok": True})
 
     def log_message(self, *args):

@@ -212,6 +212,9 @@ pub struct RunArgs {
     /// Process every job due now, then exit: 0 when none was left `processing`.
     #[arg(long, env = "SPKY_RUNNER_ONCE")]
     pub once: bool,
+    /// The admin token `dev` made for its run (never a flag: it is kept in memory).
+    #[arg(skip)]
+    pub made_token: Option<secrecy::SecretString>,
 }
 
 impl Default for RunArgs {

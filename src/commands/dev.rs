@@ -37,10 +37,11 @@ pub async fn dev(
     let shutdown = service::shutdown_signal();
     let config = config::load(&global.config, env, RetryPolicy::default())?;
     let db = settings::db_settings(global, &config.database, env);
-    let made_token = if args.admin_token_file.is_none() && env("SPKY_RUNNER_ADMIN_TOKEN").is_none()
+    // Removes the token file however `dev` ends (a child that cannot start included).
+    let _token_file = if args.admin_token_file.is_none() && env("SPKY_RUNNER_ADMIN_TOKEN").is_none()
     {
         let file = dev_token_file(&global.config);
-        write_dev_token(&file).map_err(|e| {
+        let token = write_dev_token(&file).map_err(|e| {
             AppError::Usage(format!(
                 "cannot write the dev admin token to {}: {e}",
                 file.display()
@@ -50,8 +51,8 @@ pub async fn dev(
             token_file = %file.display(),
             "made an admin token for this run: sign in to the dashboard with it (`cat` the file); the CLI's `jobs` and `enqueue` find it there"
         );
-        args.admin_token_file = Some(file.clone());
-        Some(file)
+        args.made_token = Some(token);
+        Some(TokenFile(file))
     } else {
         None
     };
@@ -84,15 +85,22 @@ pub async fn dev(
     for child in children {
         child.stop().await;
     }
-    if let Some(file) = made_token {
-        let _ = std::fs::remove_file(file);
-    }
     result
 }
 
-/// A random token for this run's admin API, in a file only its owner can read: 32 random bytes
-/// from the operating system, hex-encoded.
-fn write_dev_token(file: &std::path::Path) -> std::io::Result<()> {
+/// The token file `dev` wrote; removed when `dev` ends.
+struct TokenFile(std::path::PathBuf);
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A random token for this run's admin API: 32 random bytes from the operating system,
+/// hex-encoded, written to a new file only its owner can read (for the CLI in another
+/// terminal). The runner keeps its own copy in memory, so the file is never read back.
+fn write_dev_token(file: &std::path::Path) -> std::io::Result<secrecy::SecretString> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = [0u8; 32];
@@ -107,7 +115,8 @@ fn write_dev_token(file: &std::path::Path) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(file)?;
-    out.write_all(token.as_bytes())
+    out.write_all(token.as_bytes())?;
+    Ok(secrecy::SecretString::from(token))
 }
 
 fn spawn(spec: &DevSpec, db: &DbSettings, name: &str, env: EnvLookup<'_>) -> Result<Child, String> {

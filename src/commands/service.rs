@@ -141,21 +141,21 @@ async fn serve(
     let planned = planned_schedules(&backends);
     let runner = Runner::new(store.clone(), backends, options);
     let status = runner.status();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The dashboard counts every row of every table: at most every 2 s, however short the poll.
+    let refresh = args.poll_interval.0.max(std::time::Duration::from_secs(2));
     let ops = OpsState::new(
         store.clone(),
         status.clone(),
         Admin::new(store.clone(), runner.backends()),
         admin_token,
-        args.poll_interval.0,
-    );
+        refresh,
+    )
+    .with_stop(stop_rx.clone());
     if ops.admin_token.is_none() {
         tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = tokio::spawn(crate::ops::listener::serve(
+    let mut server = tokio::spawn(crate::ops::listener::serve(
         listener,
         ops,
         stopped(stop_rx.clone()),
@@ -164,12 +164,8 @@ async fn serve(
     let tables: Vec<String> = backends_tables(&runner);
     let runner_id = status.runner_id.clone();
     // `--once` runs what is due when it starts; a schedule's later ticks are not that.
-    if !planned.is_empty() && !args.once {
-        tokio::spawn(scheduler::run(
-            store.clone(),
-            planned,
-            stopped(stop_rx.clone()),
-        ));
+    if !args.once {
+        spawn_periodic(&store, &runner, planned, &stop_rx);
     }
     let due_by = chrono::Utc::now();
     let running = runner.run(stopped(stop_rx));
@@ -192,11 +188,64 @@ async fn serve(
         }
         () = &mut running => {}
     }
-    let _ = server.await;
+    // Live feeds end on the stop signal; anything else still open gets a few seconds.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
     match args.once {
         true => left_processing(&store, &tables, due_by, &runner_id).await,
         false => Ok(()),
     }
+}
+
+/// The scheduler and retention, each when some backend needs it, until `stop`.
+fn spawn_periodic(
+    store: &Store,
+    runner: &Runner,
+    planned: Vec<Planned>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    if !planned.is_empty() {
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            planned,
+            stopped(stop.clone()),
+        ));
+    }
+    let kept = kept_backends(runner);
+    if !kept.is_empty() {
+        let status = runner.status();
+        tokio::spawn(crate::runner::retention::run(
+            store.clone(),
+            kept,
+            status.runner_id.clone(),
+            status.metrics.clone(),
+            crate::config::limits::RETENTION_EVERY,
+            stopped(stop.clone()),
+        ));
+    }
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The backends with a `retention:` setting.
+fn kept_backends(runner: &Runner) -> Vec<crate::runner::retention::Kept> {
+    let backends = runner.backends();
+    backends
+        .iter()
+        .filter(|b| b.backend.retention.is_on())
+        .map(|b| crate::runner::retention::Kept {
+            backend: b.backend.name.clone(),
+            table: b.backend.table.clone(),
+            retention: b.backend.retention,
+        })
+        .collect()
 }
 
 fn backends_tables(runner: &Runner) -> Vec<String> {
@@ -323,6 +372,9 @@ fn planned_schedules(backends: &[BackendRuntime]) -> Vec<Planned> {
 
 /// The admin token from `--admin-token-file` or `SPKY_RUNNER_ADMIN_TOKEN`.
 fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString>, AppError> {
+    if let Some(made) = &args.made_token {
+        return Ok(Some(made.clone()));
+    }
     let token = match &args.admin_token_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             AppError::Config(ConfigError {

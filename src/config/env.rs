@@ -62,6 +62,9 @@ pub fn from_env_json(
             row_limits: Default::default(),
             dev: None,
             schedules: Vec::new(),
+            retention: Default::default(),
+            concurrency: None,
+            rate_limit: None,
         });
     }
     let config = Config {

@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::EnvLookup;
 use super::limits;
 use super::walk::{Walker, describe};
-use super::{Backend, Config, ConfigError, FileDatabase, Origin, check_tables_unique};
+use super::{
+    Backend, Config, ConfigError, FileDatabase, Origin, RateLimit, Retention, check_tables_unique,
+};
 use crate::job::retry::RetryPolicy;
 
 /// Parses the text of a sp00ky.yml (YAML, so JSON too).
@@ -166,6 +168,33 @@ impl Walker<'_> {
             None | Some(Value::Null) => Vec::new(),
             Some(list) => self.schedules(list, &format!("{key}.schedules"))?,
         };
+        let concurrency_key = format!("{key}.concurrency");
+        let concurrency = match self.opt_u64(obj.get("concurrency"), &concurrency_key)? {
+            None => None,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if limits::CONCURRENCY_RANGE.contains(&n) => Some(n),
+                _ => {
+                    let range = limits::CONCURRENCY_RANGE;
+                    return Err(self.err(
+                        &concurrency_key,
+                        format!(
+                            "{n} is outside the allowed range {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+            },
+        };
+        let rate_key = format!("{key}.rateLimit");
+        let rate_limit = self
+            .opt_string(obj.get("rateLimit"), &rate_key)?
+            .map(|text| RateLimit::parse(&text).map_err(|message| self.err(&rate_key, message)))
+            .transpose()?;
+        let retention = match obj.get("retention") {
+            None | Some(Value::Null) => Retention::default(),
+            Some(block) => self.retention(block, &format!("{key}.retention"))?,
+        };
 
         Ok(Some(Backend {
             name: name.to_string(),
@@ -179,6 +208,9 @@ impl Walker<'_> {
             row_limits,
             dev,
             schedules,
+            retention,
+            concurrency,
+            rate_limit,
         }))
     }
 
@@ -221,6 +253,31 @@ impl Walker<'_> {
     }
 
     /// The `retry` block (ours): base and cap of the delay formula, each within its range.
+    /// `retention: {success: 7d, failed: 30d}`: durations as humantime writes them.
+    fn retention(&self, block: &Value, key: &str) -> Result<Retention, ConfigError> {
+        let block = self.object(block, key)?;
+        if let Some(other) = block.keys().find(|k| *k != "success" && *k != "failed") {
+            return Err(self.err(
+                &format!("{key}.{other}"),
+                "unknown key; retention takes `success` and `failed`",
+            ));
+        }
+        let read = |field: &str| -> Result<Option<Duration>, ConfigError> {
+            let key = format!("{key}.{field}");
+            match self.opt_string(block.get(field), &key)? {
+                None => Ok(None),
+                Some(text) => limits::RETENTION
+                    .parse(&text)
+                    .map(Some)
+                    .map_err(|message| self.err(&key, message)),
+            }
+        };
+        Ok(Retention {
+            success: read("success")?,
+            failed: read("failed")?,
+        })
+    }
+
     fn retry(
         &self,
         block: &Value,

@@ -115,6 +115,23 @@ pub const BENCH_PICKUP: DurationSetting = DurationSetting {
 };
 
 /// `--concurrency`: backend calls running at once.
+/// `retention.success` / `retention.failed`: how long a finished row is kept. No default: off
+/// unless set (a Sp00ky app may read its finished jobs).
+pub const RETENTION: DurationSetting = DurationSetting {
+    default: secs(7 * 24 * 3600),
+    min: secs(60),
+    max: secs(10 * 366 * 24 * 3600),
+};
+
+/// How often retention takes a turn, and the most rows of one status one turn deletes per
+/// backend: a large backlog goes in bounded steps, never in one long statement.
+pub const RETENTION_EVERY: Duration = secs(60);
+pub const RETENTION_BATCH: usize = 10_000;
+
+/// How early before a rate-limit window a grant may count against it; its calls then wait for
+/// the window, so a call that leaves up to this late still lands inside its own window.
+pub const RATE_LEAD: Duration = millis(50);
+
 pub const CONCURRENCY: usize = 32;
 /// The range of `--concurrency`.
 pub const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=10_000;

@@ -83,6 +83,52 @@ pub struct Backend {
     pub dev: Option<DevSpec>,
     /// Recurring jobs (`schedules:`, a key of this runner's own).
     pub schedules: Vec<Schedule>,
+    /// How long finished rows are kept (`retention:`); off unless set.
+    pub retention: Retention,
+    /// Slots this backend may hold within one runner (`concurrency:`), so a slow backend cannot
+    /// take every slot; `None`: any of the runner's.
+    pub concurrency: Option<usize>,
+    /// Calls per window to this backend across every runner on the database (`rateLimit:`).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `rateLimit: 10/s` (also `/m`, `/h`; a bare number is per second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub calls: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// Reads `N/s`, `N/m`, `N/h` or `N`.
+    pub fn parse(text: &str) -> Result<RateLimit, String> {
+        let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => return Err(format!("unknown unit {other:?}; write N/s, N/m or N/h")),
+        };
+        match count.trim().parse::<u32>() {
+            Ok(calls @ 1..=1_000_000) => Ok(RateLimit { calls, per }),
+            _ => Err(format!(
+                "{text:?} is not a rate like 10/s (1 to 1000000 calls per second, minute or hour)"
+            )),
+        }
+    }
+}
+
+/// `retention: {success: 7d, failed: 30d}`: finished rows older than this are deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub success: Option<Duration>,
+    pub failed: Option<Duration>,
+}
+
+impl Retention {
+    pub fn is_on(&self) -> bool {
+        self.success.is_some() || self.failed.is_some()
+    }
 }
 
 /// The `dev` key of a backend: a command that runs it during development.

@@ -155,6 +155,11 @@ impl Claimer {
         })
     }
 
+    /// How many due rows the look found.
+    pub fn found(found: &Found) -> usize {
+        found.candidates.len()
+    }
+
     /// The writing half of a claim: takes what [`Claimer::find`] saw, as compare-and-set
     /// updates. Once started it must be awaited, or rows may stay held by a lease nobody runs.
     /// When a statement fails after others claimed rows, those rows are returned (to be run at

@@ -242,7 +242,7 @@ impl Admin {
             .with_timezone(&chrono::Utc);
         Ok(PageKey {
             created_at,
-            id: self.job_id(id)?,
+            id: self.job_id(id).map_err(|_| bad())?,
         })
     }
 

@@ -58,9 +58,12 @@ impl Admin {
             .as_deref()
             .map(|text| parse_since(text, Utc::now()))
             .transpose()?;
+        // Only jobs that had failed when the request came: a retried job that fails again
+        // while the request runs is not taken a second time.
         let filter = JobFilter {
             path: request.path.filter(|p| !p.is_empty()),
             changed_since: since,
+            changed_before: Some(Utc::now()),
             ..JobFilter::default()
         };
         let touched = self

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -102,6 +102,7 @@ pub async fn events(
     State(state): State<OpsState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let changes = state.status.activity.subscribe();
+    let state_stop = state.stop.clone();
     let mut ticks = tokio::time::interval(state.counts.every());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stream = futures::stream::unfold(
@@ -123,5 +124,14 @@ pub async fn events(
             Some((Ok(event), (state, changes, ticks)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stop = state_stop;
+    let stopped = async move {
+        match stop {
+            Some(mut stop) => {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    Sse::new(stream.take_until(stopped)).keep_alive(KeepAlive::default())
 }

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -208,16 +208,28 @@ async fn list(
     respond(state.admin.list(query).await)
 }
 
-async fn show(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
-    respond(state.admin.show(&id).await)
+/// A job id from the path; an undecodable one is a 400 in JSON like every other mistake.
+type JobPath = Result<Path<String>, PathRejection>;
+
+async fn show(State(state): State<OpsState>, id: JobPath) -> Response {
+    match id {
+        Ok(Path(id)) => respond(state.admin.show(&id).await),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
 }
 
-async fn retry(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
-    respond(state.admin.retry(&id).await)
+async fn retry(State(state): State<OpsState>, id: JobPath) -> Response {
+    match id {
+        Ok(Path(id)) => respond(state.admin.retry(&id).await),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
 }
 
-async fn cancel(State(state): State<OpsState>, Path(id): Path<String>) -> Response {
-    respond(state.admin.cancel(&id).await)
+async fn cancel(State(state): State<OpsState>, id: JobPath) -> Response {
+    match id {
+        Ok(Path(id)) => respond(state.admin.cancel(&id).await),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
 }
 
 async fn bulk_retry(

@@ -18,6 +18,9 @@ pub struct OpsState {
     pub admin_token: Option<Arc<SecretString>>,
     /// The dashboard's row counts, read at most once per refresh interval.
     pub counts: Arc<CountsCache>,
+    /// Turns true when the runner stops: live feeds end then, so that no open page holds the
+    /// listener's graceful shutdown. `None`: never (tests).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl OpsState {
@@ -35,7 +38,14 @@ impl OpsState {
             admin,
             admin_token: admin_token.map(Arc::new),
             counts: Arc::new(CountsCache::new(refresh)),
+            stop: None,
         }
+    }
+
+    /// Ends live feeds once `stop` turns true.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> OpsState {
+        self.stop = Some(stop);
+        self
     }
 }
 

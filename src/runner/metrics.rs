@@ -61,6 +61,8 @@ pub struct Metrics {
     pub transaction_conflicts: Counter<u64, AtomicU64>,
     /// Expired leases taken over by this runner.
     pub lease_rescues: Counter<u64, AtomicU64>,
+    /// Finished rows retention deleted, by backend and status (`outcome` label).
+    pub retention_deleted: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,7 @@ impl Metrics {
         let db_reconnects = Counter::default();
         let transaction_conflicts = Counter::default();
         let lease_rescues = Counter::default();
+        let retention_deleted = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "attempts",
             "Attempts that ended, by backend and outcome",
@@ -127,6 +130,11 @@ impl Metrics {
             "Expired leases taken over by this runner",
             lease_rescues.clone(),
         );
+        registry.register(
+            "retention_deleted",
+            "Finished rows deleted by retention, by backend and status",
+            retention_deleted.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -139,6 +147,7 @@ impl Metrics {
             db_reconnects,
             transaction_conflicts,
             lease_rescues,
+            retention_deleted,
         }
     }
 

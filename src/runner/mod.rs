@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch as signal};
+use tokio::sync::{Notify, Semaphore, watch as signal};
 use tokio::task::JoinSet;
 
 use crate::config::{Backend, limits};
@@ -27,6 +27,7 @@ use crate::store::{DueHint, Store};
 
 pub mod activity;
 pub mod metrics;
+pub mod retention;
 pub mod slots;
 pub mod status;
 pub mod watch;
@@ -88,12 +89,17 @@ pub struct Runner {
     backends: Arc<Vec<Arc<BackendRuntime>>>,
     /// One per backend, in the same order: each applies its backend's row limits.
     claimers: Vec<Claimer>,
+    /// One per backend, in the same order: its own slots when it sets `concurrency:`.
+    backend_slots: Vec<Option<Arc<Semaphore>>>,
 }
 
 /// Where the main loop stands between two wake-ups.
 struct Cursor {
     /// The last look filled the room it had: more work is probably due.
     more_work: bool,
+    /// The last round skipped a backend whose own slots were full: a slot freeing up is worth
+    /// a look, but the round is not repeated at once.
+    capped: bool,
     /// The backend the next round starts with, so one busy table cannot starve another.
     next_backend: usize,
     next_poll: tokio::time::Instant,
@@ -109,6 +115,10 @@ impl Runner {
                 clock_offset: options.clock_offset,
                 ..Claimer::new(options.runner_id.clone(), options.lease)
             })
+            .collect();
+        let backend_slots = backends
+            .iter()
+            .map(|b| b.backend.concurrency.map(|n| Arc::new(Semaphore::new(n))))
             .collect();
         let names = backends
             .iter()
@@ -127,6 +137,7 @@ impl Runner {
             status,
             backends: Arc::new(backends.into_iter().map(Arc::new).collect()),
             claimers,
+            backend_slots,
         }
     }
 
@@ -159,6 +170,7 @@ impl Runner {
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut cursor = Cursor {
             more_work: false,
+            capped: false,
             next_backend: 0,
             next_poll: tokio::time::Instant::now(),
             watermarks: vec![Watermark::new(options.poll_interval); self.backends.len()],
@@ -185,7 +197,7 @@ impl Runner {
                 && !cursor.more_work
                 && !hinted.overflowed
                 && !hinted.rows.is_empty()
-                && hinted.rows.len() <= slots.room(&jobs)
+                && self.hints_fit(&hinted.rows, &slots, &jobs)
             {
                 self.claim_hinted(hinted.rows, &slots, &mut jobs, &cancel_rx)
                     .await;
@@ -201,7 +213,7 @@ impl Runner {
                 )
                 .await;
             let Some(more) = round else { break };
-            cursor.more_work = more;
+            cursor.more_work = more || cursor.capped;
             let again_now = more && slots.room(&jobs) > 0;
             cursor.next_poll = tokio::time::Instant::now()
                 + if again_now {
@@ -230,6 +242,53 @@ impl Runner {
         let (store, status) = (self.store().clone(), self.status.clone());
         watchers.spawn(watch::count_reconnects(store, status));
         watchers
+    }
+
+    /// How many of the rows `found` for backend `index` may be claimed (at most `room`), and how
+    /// long their calls must wait: all of them, at once, unless the backend has a `rateLimit:`;
+    /// then what the shared budget grants. `None`: nothing now.
+    async fn calls_allowed(
+        &self,
+        index: usize,
+        room: usize,
+        found: &crate::job::claim::Found,
+    ) -> Option<(usize, Duration)> {
+        let backend = &self.backends[index].backend;
+        let Some(limit) = backend.rate_limit else {
+            return Some((room, Duration::ZERO));
+        };
+        let want = room.min(Claimer::found(found));
+        if want == 0 {
+            return Some((0, Duration::ZERO));
+        }
+        let key = &backend.table;
+        match self
+            .store()
+            .grant_calls(key, limit.per, limit.calls, want, limits::RATE_LEAD)
+            .await
+        {
+            Ok(grant) if grant.calls > 0 => Some((grant.calls, grant.wait)),
+            Ok(_) => None,
+            // Runners asking at the same moment: the next look asks again.
+            Err(e) if e.is_conflict() => None,
+            Err(e) => {
+                tracing::warn!(backend = %backend.name, error = %e, "could not ask for calls under the rate limit");
+                None
+            }
+        }
+    }
+
+    /// Whether every hinted row fits in the room its backend has (a rate-limited backend's rows
+    /// always take the full round, which asks for calls first).
+    fn hints_fit(&self, rows: &[(usize, DueHint)], slots: &Slots, jobs: &JoinSet<()>) -> bool {
+        rows.len() <= slots.room(jobs)
+            && rows
+                .iter()
+                .all(|(b, _)| self.backends[*b].backend.rate_limit.is_none())
+            && (0..self.backends.len()).all(|index| {
+                let hinted = rows.iter().filter(|(b, _)| *b == index).count();
+                hinted <= slots.room_within(jobs, self.backend_slots[index].as_ref())
+            })
     }
 
     /// Whether to look for work after waking for `woke`.
@@ -273,12 +332,13 @@ impl Runner {
                 rows.push(hint);
             }
         }
-        for ((backend, claimer), rows) in self.backends.iter().zip(&self.claimers).zip(by_backend) {
+        for (index, rows) in by_backend.into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
-            match claimer.take_hinted(self.store(), rows).await {
-                Ok(claimed) => self.start(backend, claimed, slots, jobs, cancel),
+            let backend = &self.backends[index];
+            match self.claimers[index].take_hinted(self.store(), rows).await {
+                Ok(claimed) => self.start(index, claimed, slots, jobs, cancel, Duration::ZERO),
                 Err(e) => {
                     tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
                 }
@@ -289,18 +349,23 @@ impl Runner {
     /// Spawns a task per claimed job, each holding one of the free slots until its call ends.
     fn start(
         &self,
-        backend: &Arc<BackendRuntime>,
+        index: usize,
         claimed: Vec<Job>,
         slots: &Slots,
         jobs: &mut JoinSet<()>,
         cancel: &signal::Receiver<bool>,
+        wait: Duration,
     ) {
         for job in claimed {
-            let slot = slots.take();
+            let slot = slots.take(self.backend_slots[index].as_ref());
             let attempts = self.attempts.clone();
-            let backend = backend.clone();
+            let backend = self.backends[index].clone();
             let cancel = cancel.clone();
             jobs.spawn(async move {
+                // A rate-limit grant for the window about to start: its calls start with it.
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let BackendRuntime { backend, routes } = &*backend;
                 attempt::run(&attempts, backend, routes, job, cancel, slot).await;
             });
@@ -320,6 +385,7 @@ impl Runner {
         mut shutdown: std::pin::Pin<&mut F>,
     ) -> Option<bool> {
         let mut more = false;
+        cursor.capped = false;
         let count = self.backends.len();
         for offset in 0..count {
             let room = slots.room(jobs);
@@ -329,6 +395,12 @@ impl Runner {
             // Start with a different backend each round so one busy table cannot starve another.
             let index = (cursor.next_backend + offset) % count;
             let backend = &self.backends[index];
+            let room = slots.room_within(jobs, self.backend_slots[index].as_ref());
+            if room == 0 {
+                // This backend's own slots are full; one freeing up wakes the loop.
+                cursor.capped = true;
+                continue;
+            }
             let watermark = &mut cursor.watermarks[index];
             let look = watermark.look(std::time::Instant::now());
             let store = self.store();
@@ -344,10 +416,18 @@ impl Runner {
                 () = shutdown.as_mut() => return None,
                 found = look => found,
             };
+            let mut wait = Duration::ZERO;
             let claimed = match found {
                 Ok(Ok(found)) => {
                     watermark.saw(&found, std::time::Instant::now());
-                    self.claimers[index].take(store, found, room).await
+                    let Some((calls, after)) = self.calls_allowed(index, room, &found).await else {
+                        cursor.capped = true;
+                        continue;
+                    };
+                    // Fewer calls granted than rows found: look again when a slot frees.
+                    cursor.capped |= calls < room.min(Claimer::found(&found));
+                    wait = after;
+                    self.claimers[index].take(store, found, calls).await
                 }
                 Ok(Err(e)) => Err(e),
                 Err(e) => {
@@ -358,7 +438,7 @@ impl Runner {
             match claimed {
                 Ok(claimed) => {
                     more |= claimed.len() == room;
-                    self.start(backend, claimed, slots, jobs, cancel);
+                    self.start(index, claimed, slots, jobs, cancel, wait);
                 }
                 Err(e) if e.is_conflict() => more = true,
                 // While the database is away every poll fails; the store logged the outage once.

@@ -14,9 +14,11 @@ pub(super) struct Slots {
     concurrency: usize,
 }
 
-/// One held slot; dropping it frees the slot and wakes the main loop.
+/// One held slot (and, for a backend with a `concurrency:` of its own, one of its slots);
+/// dropping it frees them and wakes the main loop.
 pub struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _backend: Option<tokio::sync::OwnedSemaphorePermit>,
     freed: Arc<Notify>,
 }
 
@@ -42,13 +44,25 @@ impl Slots {
         self.semaphore.available_permits().min(tasks_left)
     }
 
-    pub(super) fn take(&self) -> Slot {
+    /// How many jobs of a backend with its own slots `backend` may be claimed now.
+    pub(super) fn room_within(
+        &self,
+        jobs: &JoinSet<()>,
+        backend: Option<&Arc<Semaphore>>,
+    ) -> usize {
+        let room = self.room(jobs);
+        backend.map_or(room, |own| room.min(own.available_permits()))
+    }
+
+    pub(super) fn take(&self, backend: Option<&Arc<Semaphore>>) -> Slot {
+        let claimed_within = "claimed no more than the free slots";
         Slot {
             _permit: self
                 .semaphore
                 .clone()
                 .try_acquire_owned()
-                .expect("claimed no more than the free slots"),
+                .expect(claimed_within),
+            _backend: backend.map(|own| own.clone().try_acquire_owned().expect(claimed_within)),
             freed: self.freed.clone(),
         }
     }

@@ -166,6 +166,8 @@ impl Store {
         holder: &str,
     ) -> Result<bool, StoreError> {
         const STATEMENT: &str = "UPSERT sp00ky_schedule (take a turn)";
+        // Unique per call: a runner asking again for a turn it already took does not get it twice.
+        let holder = format!("{holder}/{:016x}", fastrand::u64(..));
         let query = self
             .db
             .query(
@@ -177,11 +179,11 @@ impl Store {
             )
             .bind(("key", key.to_string()))
             .bind(("turn", turn))
-            .bind(("holder", holder.to_string()));
+            .bind(("holder", holder.clone()));
         match self.exec(STATEMENT, query).await {
             Ok(mut response) => {
                 let holder_now: Option<String> = response.take(1).map_err(query_err(STATEMENT))?;
-                Ok(holder_now.as_deref() == Some(holder))
+                Ok(holder_now.as_deref() == Some(holder.as_str()))
             }
             Err(e) if e.is_conflict() => Ok(false),
             Err(e) => Err(e),

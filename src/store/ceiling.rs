@@ -34,22 +34,22 @@ impl Store {
         let query = self
             .db
             .query(
-                "UPDATE $ids SET status = 'processing', lease_token = $token, \
+                "UPDATE $ids SET status = 'processing', lease_token = $claim_token, \
                    due_at = time::now() + 1m, updated_at = time::now() \
                  WHERE status = 'pending' RETURN VALUE id",
             )
             .bind(("ids", ids))
-            .bind(("token", token.clone()));
+            .bind(("claim_token", token.clone()));
         let mut response = self.exec(CLAIM, query).await?;
         let won: Vec<RecordId> = response.take(0).map_err(query_err(CLAIM))?;
         let query = self
             .db
             .query(
                 "UPDATE $ids SET status = 'success', lease_token = NONE, updated_at = time::now() \
-                 WHERE lease_token = $token RETURN NONE",
+                 WHERE lease_token = $claim_token RETURN NONE",
             )
             .bind(("ids", won.clone()))
-            .bind(("token", token));
+            .bind(("claim_token", token));
         self.exec(RESULT, query).await?;
         Ok(won.len())
     }

@@ -27,12 +27,14 @@ pub mod bulk;
 pub mod ceiling;
 pub mod jobs;
 pub mod queue;
+pub mod rates;
 pub mod schedules;
 pub mod schema;
 
 pub use bulk::{JobFilter, PageKey};
 pub use jobs::{Finished, NewJob, new_job_key};
 pub use queue::{Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, Watch, WriteBack};
+pub use rates::Grant;
 pub use schema::{
     QUEUE_FIELDS, RUNNER_FIELDS, SCHEDULE_FIELD, SCHEMA, TableInfo, definitions_for, schema_for,
 };

@@ -323,3 +323,80 @@ fn a_docker_port_may_be_a_string_or_a_number() {
         assert_eq!(dev.label, "app.api.dev");
     }
 }
+
+#[test]
+fn retention_is_off_unless_set_and_its_durations_are_checked() {
+    let base = "apps:\n  api:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:4000\n    method:\n      type: outbox\n      table: job\n";
+    let off = load_text(base).unwrap();
+    assert!(!off.backends[0].retention.is_on());
+    let on = load_text(&format!(
+        "{base}    retention:\n      success: 7d\n      failed: 30d\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        on.backends[0].retention,
+        config::Retention {
+            success: Some(Duration::from_secs(7 * 86_400)),
+            failed: Some(Duration::from_secs(30 * 86_400)),
+        }
+    );
+    for (block, key, expected) in [
+        (
+            "success: soon",
+            "apps.api.retention.success",
+            "not a duration",
+        ),
+        (
+            "success: 10s",
+            "apps.api.retention.success",
+            "outside the allowed range",
+        ),
+        ("pending: 7d", "apps.api.retention.pending", "unknown key"),
+    ] {
+        let err = load_text(&format!("{base}    retention:\n      {block}\n")).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn per_backend_concurrency_and_rate_limits_are_read_and_checked() {
+    let base = "apps:\n  api:\n    type: backend\n    spec: ./openapi.yml\n    baseUrl: http://127.0.0.1:4000\n    method:\n      type: outbox\n      table: job\n";
+    let plain = load_text(base).unwrap();
+    assert_eq!(
+        (plain.backends[0].concurrency, plain.backends[0].rate_limit),
+        (None, None)
+    );
+    let set = load_text(&format!("{base}    concurrency: 4\n    rateLimit: 10/s\n")).unwrap();
+    assert_eq!(set.backends[0].concurrency, Some(4));
+    assert_eq!(
+        set.backends[0].rate_limit,
+        Some(config::RateLimit {
+            calls: 10,
+            per: Duration::from_secs(1)
+        })
+    );
+    let per_minute = load_text(&format!("{base}    rateLimit: 600/m\n")).unwrap();
+    assert_eq!(
+        per_minute.backends[0].rate_limit.unwrap().per,
+        Duration::from_secs(60)
+    );
+    for (line, key, expected) in [
+        (
+            "concurrency: 0",
+            "apps.api.concurrency",
+            "outside the allowed range",
+        ),
+        (
+            "rateLimit: 10/fortnight",
+            "apps.api.rateLimit",
+            "unknown unit",
+        ),
+        ("rateLimit: 0/s", "apps.api.rateLimit", "not a rate"),
+        ("rateLimit: lots", "apps.api.rateLimit", "not a rate"),
+    ] {
+        let err = load_text(&format!("{base}    {line}\n")).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.to_string().contains(expected), "{line}: {err}");
+    }
+}

@@ -87,7 +87,7 @@ async fn an_environment_only_start_runs_jobs() {
 }
 
 /// `dev` starts every backend's dev command (string form from the project root; typed npm form
-/// with workdir and env-file), prefixes their output, reports a child that exits, and stops them
+/// with workdir and env-file, through a stand-in `npm`), prefixes their output, reports a child that exits, and stops them
 /// all on SIGINT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_runs_and_stops_every_backend() {
@@ -96,7 +96,7 @@ async fn dev_mode_runs_and_stops_every_backend() {
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
         .current_dir(root)
-        .env("NPM_CONFIG_UPDATE_NOTIFIER", "false")
+        .env("PATH", stand_in_path(root))
         .env_remove("SPKY_JOB_CONFIG")
         .args([
             "--db",
@@ -205,6 +205,26 @@ fn dev_project() -> tempfile::TempDir {
     );
     std::fs::write(root.join("sp00ky.yml"), config).unwrap();
     project
+}
+
+/// `PATH` with a stand-in `npm` first (the tests need neither Node nor npm): it accepts only
+/// `npm run dev`, which is what the npm form must run, and then does what the test's
+/// package.json says its dev script does (`sh ./serve.sh`).
+fn stand_in_path(root: &std::path::Path) -> String {
+    let bin = root.join("stand-in-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let npm = bin.join("npm");
+    std::fs::write(
+        &npm,
+        "#!/bin/sh\n[ \"$*\" = \"run dev\" ] || { echo \"unexpected: npm $*\" >&2; exit 64; }\nexec sh ./serve.sh\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&npm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 /// Collects the lines `stdout` prints, on a thread of its own.

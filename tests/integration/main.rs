@@ -1,5 +1,6 @@
 //! One integration-test binary (it links SurrealDB once), one module per concern.
 
+mod browser;
 mod chaos;
 mod cli;
 mod config;
@@ -15,4 +16,5 @@ mod scheduling;
 mod schema;
 mod security;
 mod startup;
+mod upkeep;
 mod visible;

@@ -9,12 +9,14 @@ use super::*;
 const BATCHES: [usize; 4] = [32, 64, 128, 256];
 const LOOPS: [usize; 4] = [1, 2, 4, 8];
 
-/// The best the ideal queue did, and how.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The best the ideal queue did, and how; `probes` holds every pair tried, as
+/// `(batch, loops, jobs/s)`, so the runner can also be compared at its own batch size.
+#[derive(Debug, Clone, Serialize)]
 pub struct Ceiling {
     pub jobs_per_s: f64,
     pub batch: usize,
     pub loops: usize,
+    pub probes: Vec<(usize, usize, f64)>,
 }
 
 /// Tries every batch size with every loop count on a slice of the jobs, then measures the best
@@ -30,6 +32,7 @@ pub(super) async fn ceiling(
         jobs_per_s: 0.0,
         batch: BATCHES[0],
         loops: LOOPS[0],
+        probes: Vec::new(),
     };
     for loops in LOOPS {
         for batch in BATCHES {
@@ -39,12 +42,12 @@ pub(super) async fn ceiling(
             );
             let name = format!("probe_{batch}x{loops}");
             let rate = measure(store, &name, probe_jobs, batch, loops).await?;
+            best.probes
+                .push((batch, loops, (rate * 10.0).round() / 10.0));
             if rate > best.jobs_per_s {
-                best = Ceiling {
-                    jobs_per_s: rate,
-                    batch,
-                    loops,
-                };
+                best.jobs_per_s = rate;
+                best.batch = batch;
+                best.loops = loops;
             }
         }
     }

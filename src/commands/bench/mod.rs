@@ -142,6 +142,8 @@ pub struct ModeResult {
     pub ceiling_jobs_per_s: f64,
     pub ceiling_batch: usize,
     pub ceiling_loops: usize,
+    /// Every batch size and loop count tried: `[batch, loops, jobs/s]`.
+    pub ceiling_probes: Vec<(usize, usize, f64)>,
     pub limit_jobs_per_s: f64,
     pub throughput_jobs_per_s: f64,
     pub ratio_to_ceiling: f64,
@@ -388,6 +390,7 @@ async fn run_mode(
         ceiling_jobs_per_s: round(ceiling.jobs_per_s),
         ceiling_batch: ceiling.batch,
         ceiling_loops: ceiling.loops,
+        ceiling_probes: ceiling.probes.clone(),
         limit_jobs_per_s: round(limit),
         throughput_jobs_per_s: round(throughput),
         ratio_to_ceiling: round(throughput / ceiling.jobs_per_s),

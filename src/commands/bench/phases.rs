@@ -22,6 +22,9 @@ pub(super) fn runner(
             row_limits: Default::default(),
             dev: None,
             schedules: Vec::new(),
+            retention: Default::default(),
+            concurrency: None,
+            rate_limit: None,
         },
         routes: Routes::Unchecked,
     };

@@ -44,6 +44,12 @@ pub(super) fn print_table(result: &ModeResult) {
         "  ceiling (ideal batched queue)       {:>10.0} jobs/s   batch {}, {} loops",
         result.ceiling_jobs_per_s, result.ceiling_batch, result.ceiling_loops
     );
+    let probes: Vec<String> = result
+        .ceiling_probes
+        .iter()
+        .map(|(batch, loops, rate)| format!("{batch}x{loops} {rate:.0}"))
+        .collect();
+    println!("    probes (batch x loops jobs/s): {}", probes.join(", "));
     println!(
         "  limit (runner's own statements)     {:>10.0} jobs/s",
         result.limit_jobs_per_s

@@ -118,6 +118,12 @@ impl Runners {
             .env_remove("SPKY_JOB_CONFIG")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
+        // Every runner flag reads a variable too; the measured runners take only the flags above.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SPKY_RUNNER_") {
+                command.env_remove(name);
+            }
+        }
         if let Some(user) = &db.username {
             command.env("SPKY_DB_USER", user);
         }

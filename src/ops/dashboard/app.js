@@ -100,11 +100,7 @@
   const jobHref = (id) => `#/job/${encodeId(id)}`;
   const statusName = (s) => (STATUSES.includes(s) ? s : 'unknown');
 
-  function badge(status) {
-    const node = el('span');
-    setBadge(node, status);
-    return node;
-  }
+  const badge = (status) => { const node = el('span'); setBadge(node, status); return node; };
 
   function setBadge(node, status) {
     node.className = `status status-${statusName(status)}`;
@@ -251,17 +247,10 @@
 
   // ---------------------------------------------------------------- 3. session
 
-  function readToken() {
-    try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
-  }
-
-  function storeToken(token) {
-    try { sessionStorage.setItem(TOKEN_KEY, token); } catch { /* storage off: the token stays in memory */ }
-  }
-
-  function dropToken() {
-    try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* nothing stored */ }
-  }
+  // sessionStorage only (never localStorage, never a URL); if storage is off it stays in memory.
+  const readToken = () => { try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; } };
+  const storeToken = (t) => { try { sessionStorage.setItem(TOKEN_KEY, t); } catch { /* memory only */ } };
+  const dropToken = () => { try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* nothing stored */ } };
 
   async function onSignIn(event) {
     event.preventDefault();
@@ -589,6 +578,7 @@
     const J = state.jobs;
     const f = readFilters(params);
     const changed = trackPages(f);
+    $('job-back').href = jobsHash(f); // the job page's way back keeps these filters
     J.filters = f;
     J.backend = f.backend;
     J.table = tableOf(f.backend);
@@ -965,6 +955,9 @@
   }
 
   const touched = (r) => num(r && r.touched) ?? 0;
+  /** "N jobs retried", and a hint when the server stopped at its bound (`more`). */
+  const touchedText = (r, verb) => `${plural(touched(r), 'job')} ${verb}`
+    + (r && r.more === true ? ' (more match: run it again for the rest)' : '');
 
   function onJobAction(kind) {
     const id = state.job.id;
@@ -996,7 +989,7 @@
     confirmThen({
       title: 'Retry failed jobs', yes: 'Retry all',
       text: `Retry every failed job ${scopeText(f, J.table)}? Each goes back to pending with a fresh attempt budget.${note}`,
-    }, async () => `${plural(touched(await api('POST', '/v1/jobs/retry', body)), 'job')} retried`);
+    }, async () => touchedText(await api('POST', '/v1/jobs/retry', body), 'retried'));
   }
 
   function onBulkDelete() {
@@ -1012,7 +1005,7 @@
         const body = { table: J.table, status: f.status };
         if (f.path) body.path = f.path;
         if (olderThan) body.older_than = olderThan;
-        return `${plural(touched(await api('POST', '/v1/jobs/delete', body)), 'job')} deleted`;
+        return touchedText(await api('POST', '/v1/jobs/delete', body), 'deleted');
       });
   }
 
@@ -1135,7 +1128,10 @@
   function wire() {
     $('sign-in-form').addEventListener('submit', onSignIn);
     $('sign-out').addEventListener('click', onSignOut);
-    window.addEventListener('hashchange', () => { if (state.token) renderRoute(true); });
+    // Focus moves to the new view's heading only when the view changes (not when paging).
+    window.addEventListener('hashchange', () => {
+      if (state.token) renderRoute(!state.route || parseRoute().view !== state.route.view);
+    });
     $('jobs-filter').addEventListener('submit', onFilterSubmit);
     $('page-prev').addEventListener('click', () => goPage(-1));
     $('page-next').addEventListener('click', () => goPage(1));
