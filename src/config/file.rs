@@ -168,33 +168,7 @@ impl Walker<'_> {
             None | Some(Value::Null) => Vec::new(),
             Some(list) => self.schedules(list, &format!("{key}.schedules"))?,
         };
-        let concurrency_key = format!("{key}.concurrency");
-        let concurrency = match self.opt_u64(obj.get("concurrency"), &concurrency_key)? {
-            None => None,
-            Some(n) => match usize::try_from(n) {
-                Ok(n) if limits::CONCURRENCY_RANGE.contains(&n) => Some(n),
-                _ => {
-                    let range = limits::CONCURRENCY_RANGE;
-                    return Err(self.err(
-                        &concurrency_key,
-                        format!(
-                            "{n} is outside the allowed range {} to {}",
-                            range.start(),
-                            range.end()
-                        ),
-                    ));
-                }
-            },
-        };
-        let rate_key = format!("{key}.rateLimit");
-        let rate_limit = self
-            .opt_string(obj.get("rateLimit"), &rate_key)?
-            .map(|text| RateLimit::parse(&text).map_err(|message| self.err(&rate_key, message)))
-            .transpose()?;
-        let retention = match obj.get("retention") {
-            None | Some(Value::Null) => Retention::default(),
-            Some(block) => self.retention(block, &format!("{key}.retention"))?,
-        };
+        let (concurrency, rate_limit, retention) = self.backend_limits(obj, key)?;
 
         Ok(Some(Backend {
             name: name.to_string(),
@@ -253,6 +227,42 @@ impl Walker<'_> {
     }
 
     /// The `retry` block (ours): base and cap of the delay formula, each within its range.
+    /// A backend's own limits: `concurrency`, `rateLimit` and `retention`.
+    fn backend_limits(
+        &self,
+        obj: &serde_json::Map<String, Value>,
+        key: &str,
+    ) -> Result<(Option<usize>, Option<RateLimit>, Retention), ConfigError> {
+        let concurrency_key = format!("{key}.concurrency");
+        let concurrency = match self.opt_u64(obj.get("concurrency"), &concurrency_key)? {
+            None => None,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if limits::CONCURRENCY_RANGE.contains(&n) => Some(n),
+                _ => {
+                    let range = limits::CONCURRENCY_RANGE;
+                    return Err(self.err(
+                        &concurrency_key,
+                        format!(
+                            "{n} is outside the allowed range {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+            },
+        };
+        let rate_key = format!("{key}.rateLimit");
+        let rate_limit = self
+            .opt_string(obj.get("rateLimit"), &rate_key)?
+            .map(|text| RateLimit::parse(&text).map_err(|message| self.err(&rate_key, message)))
+            .transpose()?;
+        let retention = match obj.get("retention") {
+            None | Some(Value::Null) => Retention::default(),
+            Some(block) => self.retention(block, &format!("{key}.retention"))?,
+        };
+        Ok((concurrency, rate_limit, retention))
+    }
+
     /// `retention: {success: 7d, failed: 30d}`: durations as humantime writes them.
     fn retention(&self, block: &Value, key: &str) -> Result<Retention, ConfigError> {
         let block = self.object(block, key)?;

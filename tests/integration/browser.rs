@@ -90,31 +90,11 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{name}.png"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
-    let driver = Driver::start().await;
-    let broken = Arc::new(AtomicBool::new(true));
-    let answer = broken.clone();
-    let backend = TestBackend::start(move |_, _| {
-        if answer.load(Ordering::SeqCst) {
-            Reply::status(500).body("the backend is down")
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
-    let (store, runner) = prepared_runner(&backend.url, "browser").await;
-    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async move {
-        let _ = stopped.await;
-    }));
-    let profile = tempfile::tempdir().unwrap();
-    let browser = driver.session(profile.path()).await;
-
-    // Sign in: a wrong token is refused with a message, the right one opens the overview.
+/// Signs in: a wrong token is refused with a message, the right one opens the overview, and the
+/// token never enters the URL.
+async fn sign_in(browser: &Client, url: &str) {
     browser.goto(&format!("{url}/")).await.unwrap();
-    let token = wait(&browser)
+    let token = wait(browser)
         .for_element(Locator::Id("token"))
         .await
         .unwrap();
@@ -126,7 +106,7 @@ async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
         .click()
         .await
         .unwrap();
-    wait(&browser)
+    wait(browser)
         .for_element(Locator::XPath(
             "//*[@id='sign-in-error'][normalize-space(.) != '']",
         ))
@@ -141,7 +121,7 @@ async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
         .click()
         .await
         .unwrap();
-    wait(&browser)
+    wait(browser)
         .for_element(Locator::Css(
             r#"#overview .backend-card[data-backend="api"]"#,
         ))
@@ -167,6 +147,93 @@ async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
         json!(false),
         "the token never enters the URL"
     );
+}
+
+/// The overview's failed count catches up by itself (one read per refresh, pushed to the page);
+/// a screenshot of it goes to the target directory.
+async fn see_it_on_the_overview(browser: &Client, url: &str) {
+    let overview_shot = {
+        browser.goto(&format!("{url}/#/")).await.unwrap();
+        wait(browser)
+            .for_element(Locator::XPath(
+                r#"//*[@data-backend="api"]//*[@data-count="failed"][normalize-space(.)="1"]"#,
+            ))
+            .await
+            .unwrap();
+        browser.screenshot().await.unwrap()
+    };
+    std::fs::write(screenshot_path("overview"), overview_shot).unwrap();
+}
+
+/// The job's page shows its error; once the backend is back, Retry (confirmed) ends in success,
+/// seen live; a screenshot of the page goes to the target directory.
+async fn retry_from_its_page(browser: &Client, url: &str, id: &str, broken: &AtomicBool) {
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string();
+    browser
+        .goto(&format!("{url}/#/job/{encoded}"))
+        .await
+        .unwrap();
+    wait(browser)
+        .for_element(Locator::Css("#job-status.status-failed"))
+        .await
+        .unwrap();
+    let page = browser
+        .find(Locator::Id("job"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("the backend is down"),
+        "the error's reason is shown: {page}"
+    );
+    broken.store(false, Ordering::SeqCst);
+    browser
+        .find(Locator::Id("job-retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait(browser)
+        .for_element(Locator::Css("dialog#confirm[open] #confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait(browser)
+        .for_element(Locator::Css("#job-status.status-success"))
+        .await
+        .unwrap();
+    std::fs::write(screenshot_path("job"), browser.screenshot().await.unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
+    let driver = Driver::start().await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let answer = broken.clone();
+    let backend = TestBackend::start(move |_, _| {
+        if answer.load(Ordering::SeqCst) {
+            Reply::status(500).body("the backend is down")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let (store, runner) = prepared_runner(&backend.url, "browser").await;
+    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.session(profile.path()).await;
+
+    sign_in(&browser, &url).await;
 
     // The jobs page: a job appears and fails while the page is open, without a reload.
     browser.goto(&format!("{url}/#/jobs")).await.unwrap();
@@ -190,60 +257,8 @@ async fn a_person_signs_in_watches_a_job_fail_live_and_retries_it_to_success() {
         .await
         .unwrap();
 
-    // Its page: every error entry, and a retry that ends in success once the backend is back.
-    let overview_shot = {
-        browser.goto(&format!("{url}/#/")).await.unwrap();
-        // The counts catch up by themselves: one read per refresh, pushed to the page.
-        wait(&browser)
-            .for_element(Locator::XPath(
-                r#"//*[@data-backend="api"]//*[@data-count="failed"][normalize-space(.)="1"]"#,
-            ))
-            .await
-            .unwrap();
-        browser.screenshot().await.unwrap()
-    };
-    std::fs::write(screenshot_path("overview"), overview_shot).unwrap();
-    let encoded: String =
-        percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC).to_string();
-    browser
-        .goto(&format!("{url}/#/job/{encoded}"))
-        .await
-        .unwrap();
-    wait(&browser)
-        .for_element(Locator::Css("#job-status.status-failed"))
-        .await
-        .unwrap();
-    let page = browser
-        .find(Locator::Id("job"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("the backend is down"),
-        "the error's reason is shown: {page}"
-    );
-    broken.store(false, Ordering::SeqCst);
-    browser
-        .find(Locator::Id("job-retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait(&browser)
-        .for_element(Locator::Css("dialog#confirm[open] #confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait(&browser)
-        .for_element(Locator::Css("#job-status.status-success"))
-        .await
-        .unwrap();
-    std::fs::write(screenshot_path("job"), browser.screenshot().await.unwrap()).unwrap();
+    see_it_on_the_overview(&browser, &url).await;
+    retry_from_its_page(&browser, &url, &id, &broken).await;
     assert_eq!(
         row(
             &store,
