@@ -10,9 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use surrealdb::types::ToSql;
 
-use super::args::{
-    EnqueueArgs, FinishedStatus, GlobalArgs, JobStatus, JobsArgs, JobsCommand, RunnerAddress,
-};
+use super::args::{EnqueueArgs, GlobalArgs, JobsArgs, JobsCommand, RunnerAddress};
 use super::error::AppError;
 use super::remote::{RemoteAdmin, dev_token_file};
 use super::service::prepare_tables;
@@ -94,8 +92,8 @@ pub async fn health(
 /// `jobs ...`: the admin API's verbs; prints the answer as JSON.
 pub async fn jobs(global: &GlobalArgs, args: JobsArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
     let value = match operator_for(global, &args.runner, env).await? {
-        Operator::Direct(admin) => direct(&admin, args.command).await?,
-        Operator::Runner(remote) => through_runner(&remote, args.command).await?,
+        Operator::Direct(admin) => direct(&admin, args.command.into()).await?,
+        Operator::Runner(remote) => through_runner(&remote, args.command.into()).await?,
     };
     println!(
         "{}",
@@ -104,127 +102,112 @@ pub async fn jobs(global: &GlobalArgs, args: JobsArgs, env: EnvLookup<'_>) -> Re
     Ok(())
 }
 
-async fn direct(admin: &Admin, command: JobsCommand) -> Result<Value, AppError> {
-    Ok(match command {
-        JobsCommand::List {
-            table,
-            status,
-            path,
-            text,
-            limit,
-            cursor,
-        } => {
-            admin
-                .list(ListQuery {
-                    table,
-                    status: status.map(|s| status_name(s).to_string()),
-                    path,
-                    q: text,
-                    limit: Some(limit),
-                    cursor,
-                })
-                .await?
+/// One verb with its request, the same for both paths.
+enum Verb {
+    List(ListQuery),
+    Show(String),
+    Retry(String),
+    Cancel(String),
+    RetryMatching(BulkRetry),
+    DeleteMatching(BulkDelete),
+}
+
+impl From<JobsCommand> for Verb {
+    fn from(command: JobsCommand) -> Verb {
+        match command {
+            JobsCommand::List {
+                table,
+                status,
+                path,
+                text,
+                limit,
+                cursor,
+            } => Verb::List(ListQuery {
+                table,
+                status: status.map(|s| value_name(&s)),
+                path,
+                q: text,
+                limit: Some(limit),
+                cursor,
+            }),
+            JobsCommand::Show { id } => Verb::Show(id),
+            JobsCommand::Retry { id: Some(id), .. } => Verb::Retry(id),
+            JobsCommand::Retry {
+                id: None,
+                table,
+                path,
+                since,
+                ..
+            } => Verb::RetryMatching(BulkRetry {
+                table,
+                status: Some("failed".into()),
+                path,
+                since,
+            }),
+            JobsCommand::Cancel { id } => Verb::Cancel(id),
+            JobsCommand::Delete {
+                table,
+                status,
+                path,
+                older_than,
+            } => Verb::DeleteMatching(BulkDelete {
+                table,
+                status: value_name(&status),
+                path,
+                older_than,
+            }),
         }
-        JobsCommand::Show { id } => admin.show(&id).await?,
-        JobsCommand::Retry { id: Some(id), .. } => admin.retry(&id).await?,
-        JobsCommand::Retry {
-            id: None,
-            table,
-            path,
-            since,
-            ..
-        } => json!(
-            admin
-                .retry_matching(BulkRetry {
-                    table,
-                    status: Some("failed".into()),
-                    path,
-                    since,
-                })
-                .await?
-        ),
-        JobsCommand::Cancel { id } => admin.cancel(&id).await?,
-        JobsCommand::Delete {
-            table,
-            status,
-            path,
-            older_than,
-        } => json!(
-            admin
-                .delete_matching(BulkDelete {
-                    table,
-                    status: finished_name(status).into(),
-                    path,
-                    older_than,
-                })
-                .await?
-        ),
+    }
+}
+
+/// How an enumerated option is spelled on the command line, which is how the API spells it.
+fn value_name(value: &impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is hidden")
+        .get_name()
+        .to_string()
+}
+
+async fn direct(admin: &Admin, verb: Verb) -> Result<Value, AppError> {
+    Ok(match verb {
+        Verb::List(query) => admin.list(query).await?,
+        Verb::Show(id) => admin.show(&id).await?,
+        Verb::Retry(id) => admin.retry(&id).await?,
+        Verb::Cancel(id) => admin.cancel(&id).await?,
+        Verb::RetryMatching(request) => json!(admin.retry_matching(request).await?),
+        Verb::DeleteMatching(request) => json!(admin.delete_matching(request).await?),
     })
 }
 
-async fn through_runner(remote: &RemoteAdmin, command: JobsCommand) -> Result<Value, AppError> {
-    let id_path = |id: &str, verb: &str| {
+async fn through_runner(remote: &RemoteAdmin, verb: Verb) -> Result<Value, AppError> {
+    let id_path = |id: &str, action: &str| {
         let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
-        format!("/v1/jobs/{id}{verb}")
+        format!("/v1/jobs/{id}{action}")
     };
-    match command {
-        JobsCommand::List {
-            table,
-            status,
-            path,
-            text,
-            limit,
-            cursor,
-        } => {
-            let mut query = vec![("limit", limit.to_string())];
-            let optional = [
-                ("table", table),
-                ("status", status.map(|s| status_name(s).to_string())),
-                ("path", path),
-                ("q", text),
-                ("cursor", cursor),
-            ];
-            query.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-            remote.get("/v1/jobs", &query).await
+    match verb {
+        Verb::List(query) => {
+            // The query's set fields, as the API's query string.
+            let fields = serde_json::to_value(&query).expect("a query serialises");
+            let pairs: Vec<(&str, String)> = fields
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    (
+                        k.as_str(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
+                .collect();
+            remote.get("/v1/jobs", &pairs).await
         }
-        JobsCommand::Show { id } => remote.get(&id_path(&id, ""), &[]).await,
-        JobsCommand::Retry { id: Some(id), .. } => remote.post(&id_path(&id, "/retry"), None).await,
-        JobsCommand::Retry {
-            id: None,
-            table,
-            path,
-            since,
-            ..
-        } => {
-            let body = json!({"table": table, "status": "failed", "path": path, "since": since});
-            remote.post("/v1/jobs/retry", Some(body)).await
-        }
-        JobsCommand::Cancel { id } => remote.post(&id_path(&id, "/cancel"), None).await,
-        JobsCommand::Delete {
-            table,
-            status,
-            path,
-            older_than,
-        } => {
-            let body = json!({"table": table, "status": finished_name(status), "path": path, "older_than": older_than});
-            remote.post("/v1/jobs/delete", Some(body)).await
-        }
-    }
-}
-
-fn status_name(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Pending => "pending",
-        JobStatus::Processing => "processing",
-        JobStatus::Success => "success",
-        JobStatus::Failed => "failed",
-    }
-}
-
-fn finished_name(status: FinishedStatus) -> &'static str {
-    match status {
-        FinishedStatus::Success => "success",
-        FinishedStatus::Failed => "failed",
+        Verb::Show(id) => remote.get(&id_path(&id, ""), &[]).await,
+        Verb::Retry(id) => remote.post(&id_path(&id, "/retry"), None).await,
+        Verb::Cancel(id) => remote.post(&id_path(&id, "/cancel"), None).await,
+        Verb::RetryMatching(request) => remote.post("/v1/jobs/retry", Some(json!(request))).await,
+        Verb::DeleteMatching(request) => remote.post("/v1/jobs/delete", Some(json!(request))).await,
     }
 }
 

@@ -236,3 +236,29 @@ pub(crate) fn check_tables_unique(config: &Config) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any `rateLimit:` text is read or refused, never a panic, and what is read is in range
+        /// with one of the three windows.
+        #[test]
+        fn any_rate_text_is_read_within_range_or_refused(text in "(?s).{0,24}") {
+            if let Ok(rate) = RateLimit::parse(&text) {
+                prop_assert!((1..=1_000_000).contains(&rate.calls));
+                prop_assert!([1, 60, 3600].contains(&rate.per.as_secs()));
+            }
+        }
+
+        #[test]
+        fn every_count_in_range_reads_back(calls in 1u32..=1_000_000, unit in "s|m|h") {
+            let rate = RateLimit::parse(&format!("{calls}/{unit}")).unwrap();
+            prop_assert_eq!(rate.calls, calls);
+        }
+    }
+}

@@ -52,7 +52,7 @@ pub struct EnqueueRequest {
 }
 
 /// `GET /v1/jobs` parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub table: Option<String>,
@@ -335,4 +335,34 @@ fn parse_run_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, AdminError>
         .map_err(|e| {
             AdminError::BadRequest(format!("run_at {text:?} is not an RFC 3339 time: {e}"))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A cursor carries any creation time and any id (ids may hold any character) through a
+        /// URL unchanged: hex digits only, and read back exactly.
+        #[test]
+        fn cursors_round_trip_whatever_the_id(at in "(?s).{0,40}", id in "(?s).{0,80}") {
+            let row = json!({"created_at": at, "id": id});
+            let cursor = cursor_of(&row).unwrap();
+            prop_assert!(cursor.bytes().all(|b| b.is_ascii_hexdigit()));
+            prop_assert_eq!(unhex(&cursor), Some(format!("{at}|{id}")));
+        }
+
+        /// Whatever a browser sends as a cursor is read or refused, never a panic; what is read
+        /// is exactly what those hex digits spell.
+        #[test]
+        fn any_cursor_text_reads_or_is_refused(text in "(?s).{0,200}|[0-9a-fA-F]{0,64}") {
+            if let Some(read) = unhex(&text) {
+                let spelled: String = read.bytes().map(|b| format!("{b:02x}")).collect();
+                prop_assert_eq!(spelled, text.to_ascii_lowercase());
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub const BULK_BOUND: usize = 100_000;
 
 /// `POST /v1/jobs/retry`: every failed job of a table, optionally of one path and failed at or
 /// after `since`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRetry {
     pub table: Option<String>,
@@ -28,7 +28,7 @@ pub struct BulkRetry {
 
 /// `POST /v1/jobs/delete`: finished jobs of a table with one status, optionally of one path and
 /// finished more than `older_than` ago.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkDelete {
     pub table: Option<String>,

@@ -237,7 +237,7 @@ async fn bulk_retry(
     body: Result<Json<BulkRetry>, JsonRejection>,
 ) -> Response {
     match body {
-        Ok(Json(request)) => respond_with(state.admin.retry_matching(request).await),
+        Ok(Json(request)) => respond(state.admin.retry_matching(request).await),
         Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
     }
 }
@@ -247,19 +247,12 @@ async fn bulk_delete(
     body: Result<Json<BulkDelete>, JsonRejection>,
 ) -> Response {
     match body {
-        Ok(Json(request)) => respond_with(state.admin.delete_matching(request).await),
+        Ok(Json(request)) => respond(state.admin.delete_matching(request).await),
         Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
     }
 }
 
-fn respond_with<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn respond(result: Result<serde_json::Value, AdminError>) -> Response {
+fn respond<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
         Err(e) => e.into_response(),
