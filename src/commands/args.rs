@@ -181,6 +181,11 @@ pub struct RunArgs {
     #[arg(long, env = "SPKY_RUNNER_CONCURRENCY", default_value_t = limits::CONCURRENCY,
           value_parser = parse_concurrency)]
     pub concurrency: usize,
+    /// Jobs claimed beyond the free slots. They wait for a slot in claim order, their leases
+    /// renewed, so the next claim overlaps the running calls; 0 claims only what can start at
+    /// once. Backends with `concurrency:` or `rateLimit:` never claim ahead.
+    #[arg(long, env = "SPKY_RUNNER_CLAIM_AHEAD", default_value_t = 0, value_parser = parse_claim_ahead)]
+    pub claim_ahead: usize,
     /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
     #[arg(long, env = "SPKY_RUNNER_POLL_INTERVAL", value_parser = |s: &str| limits::POLL_INTERVAL.parse(s).map(FlagDuration),
           default_value_t = FlagDuration(limits::POLL_INTERVAL.default))]
@@ -293,6 +298,16 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
         })
 }
 
+/// `--claim-ahead`: 0 up to the largest concurrency.
+fn parse_claim_ahead(text: &str) -> Result<usize, String> {
+    let most = *limits::CONCURRENCY_RANGE.end();
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= most)
+        .ok_or_else(|| format!("{text:?} is not a whole number from 0 to {most}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +321,7 @@ mod tests {
         assert_eq!(args.poll_interval.0, limits::POLL_INTERVAL.default);
         assert_eq!(args.retry_cap.0, limits::RETRY_CAP.default);
         assert_eq!(args.concurrency, limits::CONCURRENCY);
+        assert_eq!(args.claim_ahead, 0, "off until a benchmark shows it pays");
     }
 
     #[test]
@@ -315,6 +331,8 @@ mod tests {
             ("--retry-cap", "100000000h"),
             ("--poll-interval", "0"),
             ("--concurrency", "0"),
+            ("--claim-ahead", "-1"),
+            ("--claim-ahead", "10001"),
         ] {
             let err = Cli::try_parse_from(["sp00ky-job-runner", "run", flag, value]).unwrap_err();
             let text = err.to_string();

@@ -133,6 +133,7 @@ async fn serve(
 ) -> Result<(), AppError> {
     let options = RunnerOptions {
         concurrency: args.concurrency,
+        claim_ahead: args.claim_ahead,
         poll_interval: args.poll_interval.0,
         lease: args.lease.0,
         shutdown_grace: args.shutdown_grace.0,

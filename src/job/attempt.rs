@@ -1,5 +1,6 @@
-//! One attempt of one claimed job, as named steps: [`prepare`] (validate the row and build the
-//! request) → [`call_holding_lease`] (call the backend, renewing the lease) → decide and write
+//! One attempt of one claimed job, as named steps: wait for a slot, then [`prepare`] (validate
+//! the row and build the request) → call the backend, both under [`holding_lease`] (renewing the
+//! lease) → decide and write
 //! ([`crate::job::record`]) → observe (metrics and one log line). [`run`] chains them and returns
 //! an [`Outcome`]; tests can call each step on its own.
 
@@ -53,24 +54,34 @@ pub enum Outcome {
     Unrecorded(StoreError),
 }
 
-/// What [`call_holding_lease`] ended with.
+/// What [`holding_lease`] ended with.
 #[derive(Debug)]
-pub enum LeaseOutcome {
-    Finished(Result<(), Failure>),
+pub enum LeaseOutcome<T> {
+    Finished(T),
     Lost,
     Cancelled,
 }
 
-/// Runs one attempt of `job` and records its outcome. `slot` is held until the backend call ends
-/// and dropped before the write-back, so the next job need not wait for the database's commit.
+/// Runs one attempt of `job` and records its outcome. `slot` resolves to the job's slot, at once
+/// or once a running call ends (a job claimed ahead of the free slots), while the lease is held.
+/// The slot is held until the backend call ends and dropped before the write-back, so the next
+/// job need not wait for the database's commit.
 pub async fn run<S>(
     attempts: &Attempts,
     backend: &Backend,
     routes: &Routes,
     job: Job,
     mut cancel: watch::Receiver<bool>,
-    slot: S,
+    slot: impl std::future::Future<Output = S>,
 ) -> Outcome {
+    let slot = match holding_lease(attempts, &job, slot, &mut cancel).await {
+        LeaseOutcome::Finished(slot) => slot,
+        LeaseOutcome::Lost => {
+            tracing::warn!(job = %job.display_id, "lost the lease while waiting for a slot; another runner owns the job now");
+            return Outcome::LostLease;
+        }
+        LeaseOutcome::Cancelled => return release(&attempts.store, &job).await,
+    };
     let started = Instant::now();
     let observer = attempts.observer.as_ref();
     let lag = job
@@ -92,7 +103,7 @@ pub async fn run<S>(
                 timeout,
             };
             let call = attempts.caller.call(request, context);
-            match call_holding_lease(attempts, &job, call, &mut cancel).await {
+            match holding_lease(attempts, &job, call, &mut cancel).await {
                 LeaseOutcome::Finished(result) => result,
                 LeaseOutcome::Lost => {
                     tracing::warn!(job = %job.display_id, "lost the lease while calling; another runner owns the job now");
@@ -138,20 +149,22 @@ pub fn prepare(
     Ok((request, timeout))
 }
 
-/// Drives `call` while renewing the lease every third of its length; stops early when the lease
-/// is lost or shutdown cancels the call.
-pub async fn call_holding_lease(
+/// Drives `work` (the wait for a slot, or the call) while renewing the lease every third of its
+/// length; stops early when the lease is lost or shutdown cancels the work. A job claimed ahead
+/// therefore keeps its lease however long the calls before it take, and no other runner rescues
+/// it meanwhile.
+pub async fn holding_lease<T>(
     attempts: &Attempts,
     job: &Job,
-    call: impl std::future::Future<Output = Result<(), Failure>>,
+    work: impl std::future::Future<Output = T>,
     cancel: &mut watch::Receiver<bool>,
-) -> LeaseOutcome {
+) -> LeaseOutcome<T> {
     let lease = attempts.lease;
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
-    tokio::pin!(call);
+    tokio::pin!(work);
     loop {
         tokio::select! {
-            result = &mut call => return LeaseOutcome::Finished(result),
+            result = &mut work => return LeaseOutcome::Finished(result),
             _ = renew.tick() => {
                 match attempts.store.extend_lease(&job.id, &job.token, lease).await {
                     Ok(true) => {}

@@ -2,7 +2,9 @@
 //!
 //! One task polls and claims; each claimed job runs in its own task ([`crate::job::attempt`]),
 //! at most `concurrency` calls at a time ([`slots`]), so a slow backend never blocks the others;
-//! a job's write-back runs after its slot is freed. The poller wakes on a LIVE SELECT
+//! a job's write-back runs after its slot is freed. Up to `claim_ahead` more jobs are claimed than
+//! slots are free; they wait for a slot in claim order, holding their leases, so the next claim
+//! overlaps the running calls. The poller wakes on a LIVE SELECT
 //! notification ([`watch`]; it claims the notified row by id when it can), when a call ends and
 //! the last poll was full, or every `poll_interval` (live queries can miss notifications, and
 //! retries become due by the clock).
@@ -41,6 +43,8 @@ use watch::{Hints, WatchTarget};
 pub struct RunnerOptions {
     /// Jobs running at once, across all backends.
     pub concurrency: usize,
+    /// How many jobs may be claimed beyond the free slots, to wait for one (see [`Slots`]).
+    pub claim_ahead: usize,
     /// The longest the runner waits between two looks at the tables.
     pub poll_interval: Duration,
     /// How long a claim holds without renewal; a dead runner's jobs are rescued after this.
@@ -57,6 +61,7 @@ impl Default for RunnerOptions {
     fn default() -> Self {
         RunnerOptions {
             concurrency: limits::CONCURRENCY,
+            claim_ahead: 0,
             poll_interval: limits::POLL_INTERVAL.default,
             lease: limits::LEASE.default,
             shutdown_grace: limits::SHUTDOWN_GRACE.default,
@@ -156,7 +161,7 @@ impl Runner {
     /// Runs until `shutdown` completes, then drains as described in the module docs.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let options = &self.options;
-        let slots = Slots::new(options.concurrency.max(1));
+        let slots = Slots::new(options.concurrency.max(1), options.claim_ahead);
         let wake = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = signal::channel(false);
         let hints = Arc::new(Mutex::new(Hints::default()));
@@ -287,8 +292,19 @@ impl Runner {
                 .all(|(b, _)| self.backends[*b].backend.rate_limit.is_none())
             && (0..self.backends.len()).all(|index| {
                 let hinted = rows.iter().filter(|(b, _)| *b == index).count();
-                hinted <= slots.room_within(jobs, self.backend_slots[index].as_ref())
+                hinted <= self.room_for(index, slots, jobs)
             })
+    }
+
+    /// How many jobs backend `index` may claim now. A backend with slots of its own or a rate
+    /// limit claims only what it can call at once; the others may claim ahead of the free slots.
+    fn room_for(&self, index: usize, slots: &Slots, jobs: &JoinSet<()>) -> usize {
+        let own = self.backend_slots[index].as_ref();
+        if own.is_some() || self.backends[index].backend.rate_limit.is_some() {
+            slots.room_now(jobs, own)
+        } else {
+            slots.room(jobs)
+        }
     }
 
     /// Whether to look for work after waking for `woke`.
@@ -346,7 +362,8 @@ impl Runner {
         }
     }
 
-    /// Spawns a task per claimed job, each holding one of the free slots until its call ends.
+    /// Spawns a task per claimed job; each waits for a slot (in claim order) and holds it until
+    /// its call ends.
     fn start(
         &self,
         index: usize,
@@ -357,7 +374,7 @@ impl Runner {
         wait: Duration,
     ) {
         for job in claimed {
-            let slot = slots.take(self.backend_slots[index].as_ref());
+            let slot = slots.reserve(self.backend_slots[index].as_ref());
             let attempts = self.attempts.clone();
             let backend = self.backends[index].clone();
             let cancel = cancel.clone();
@@ -367,7 +384,7 @@ impl Runner {
                     tokio::time::sleep(wait).await;
                 }
                 let BackendRuntime { backend, routes } = &*backend;
-                attempt::run(&attempts, backend, routes, job, cancel, slot).await;
+                attempt::run(&attempts, backend, routes, job, cancel, slot.acquire()).await;
             });
         }
     }
@@ -395,7 +412,7 @@ impl Runner {
             // Start with a different backend each round so one busy table cannot starve another.
             let index = (cursor.next_backend + offset) % count;
             let backend = &self.backends[index];
-            let room = slots.room_within(jobs, self.backend_slots[index].as_ref());
+            let room = self.room_for(index, slots, jobs);
             if room == 0 {
                 // This backend's own slots are full; one freeing up wakes the loop.
                 cursor.capped = true;

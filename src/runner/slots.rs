@@ -1,24 +1,37 @@
-//! The runner's concurrency: how many jobs may be claimed now.
+//! The runner's concurrency: how many jobs may be claimed now, and the slot each one waits for.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{Notify, Semaphore};
+use futures::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-/// The runner's concurrency: a slot is held from claim to the end of the backend call. The
-/// write-back that follows runs outside it, so the next claim need not wait for the database's
+/// The runner's concurrency: a slot is held from the start of a call to its end. The
+/// write-back that follows runs outside it, so the next call need not wait for the database's
 /// commit; at most as many write-backs as slots may be pending at once.
+///
+/// Up to `ahead` more jobs may be claimed than there are free slots. They wait in their own
+/// tasks, in claim order, holding their leases, and take a slot the moment one frees: the next
+/// claim's round trips then overlap the calls that are running, instead of every slot standing
+/// idle while the runner asks the database for more.
 pub(super) struct Slots {
     semaphore: Arc<Semaphore>,
     pub(super) freed: Arc<Notify>,
     concurrency: usize,
+    ahead: usize,
+    /// Claimed jobs whose task has not taken its slot yet.
+    waiting: Arc<AtomicUsize>,
 }
 
 /// One held slot (and, for a backend with a `concurrency:` of its own, one of its slots);
 /// dropping it frees them and wakes the main loop.
 pub struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _backend: Option<tokio::sync::OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
+    _backend: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
 }
 
@@ -28,42 +41,192 @@ impl Drop for Slot {
     }
 }
 
+/// A claimed job's place in the queue for a slot. Counted as waiting until it holds the slot or
+/// is dropped (a job released at shutdown while it waited).
+pub struct Reservation {
+    global: Permit,
+    backend: Option<Permit>,
+    freed: Arc<Notify>,
+    _waiting: Waiting,
+}
+
+/// A semaphore permit being acquired, already in the semaphore's queue.
+type Permit = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>;
+
+/// Takes a place in `semaphore`'s queue now. Tokio's semaphore is fair in the order its acquire
+/// futures are first polled, and each claimed job waits in a task of its own, which the runtime
+/// may first poll in any order; so the future is polled once here, in claim order, and the task
+/// awaits it later (a later poll replaces the waker). Jobs therefore start oldest and highest
+/// priority first, as they were claimed.
+fn queue_for(semaphore: &Arc<Semaphore>) -> Permit {
+    let mut permit: Permit = Box::pin(
+        semaphore
+            .clone()
+            .acquire_owned()
+            .map(|permit| permit.expect("the runner's semaphores are never closed")),
+    );
+    let mut context = Context::from_waker(Waker::noop());
+    match permit.as_mut().poll(&mut context) {
+        Poll::Ready(held) => Box::pin(std::future::ready(held)),
+        Poll::Pending => permit,
+    }
+}
+
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Reservation {
+    /// Waits for the slot.
+    pub async fn acquire(self) -> Slot {
+        let permit = self.global.await;
+        let backend = match self.backend {
+            Some(own) => Some(own.await),
+            None => None,
+        };
+        // `_waiting` is dropped only now, after the permits are held: the main loop's count of
+        // free room may run one short for a moment, never one over.
+        Slot {
+            _permit: permit,
+            _backend: backend,
+            freed: self.freed,
+        }
+    }
+}
+
 impl Slots {
-    pub(super) fn new(concurrency: usize) -> Slots {
+    pub(super) fn new(concurrency: usize, ahead: usize) -> Slots {
         Slots {
             semaphore: Arc::new(Semaphore::new(concurrency)),
             freed: Arc::new(Notify::new()),
             concurrency,
+            ahead,
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// How many jobs may be claimed now: free slots, bounded so that calls and pending
-    /// write-backs together stay within twice the concurrency.
+    /// How many jobs may be claimed now: free slots plus the room ahead, less the jobs already
+    /// waiting, and bounded so that calls, waiting jobs and pending write-backs together stay
+    /// within twice the concurrency plus the room ahead.
     pub(super) fn room(&self, jobs: &JoinSet<()>) -> usize {
-        let tasks_left = (2 * self.concurrency).saturating_sub(jobs.len());
-        self.semaphore.available_permits().min(tasks_left)
+        let tasks_left = (2 * self.concurrency + self.ahead).saturating_sub(jobs.len());
+        (self.semaphore.available_permits() + self.ahead)
+            .saturating_sub(self.waiting.load(Ordering::SeqCst))
+            .min(tasks_left)
     }
 
-    /// How many jobs of a backend with its own slots `backend` may be claimed now.
-    pub(super) fn room_within(
-        &self,
-        jobs: &JoinSet<()>,
-        backend: Option<&Arc<Semaphore>>,
-    ) -> usize {
-        let room = self.room(jobs);
+    /// How many jobs of a backend that may not wait for a slot may be claimed now: slots free
+    /// once every waiting job has its own, within `backend`'s own slots when it has them.
+    /// Backends with a `concurrency:` or a `rateLimit:` claim only what they can call at once.
+    pub(super) fn room_now(&self, jobs: &JoinSet<()>, backend: Option<&Arc<Semaphore>>) -> usize {
+        let free = self
+            .semaphore
+            .available_permits()
+            .saturating_sub(self.waiting.load(Ordering::SeqCst));
+        let room = self.room(jobs).min(free);
         backend.map_or(room, |own| room.min(own.available_permits()))
     }
 
-    pub(super) fn take(&self, backend: Option<&Arc<Semaphore>>) -> Slot {
-        let claimed_within = "claimed no more than the free slots";
-        Slot {
-            _permit: self
-                .semaphore
-                .clone()
-                .try_acquire_owned()
-                .expect(claimed_within),
-            _backend: backend.map(|own| own.clone().try_acquire_owned().expect(claimed_within)),
+    /// A place in the queue for one claimed job.
+    pub(super) fn reserve(&self, backend: Option<&Arc<Semaphore>>) -> Reservation {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Reservation {
+            global: queue_for(&self.semaphore),
+            backend: backend.map(queue_for),
             freed: self.freed.clone(),
+            _waiting: Waiting(self.waiting.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_run_ahead_of_the_free_slots_by_at_most_the_room_ahead() {
+        let slots = Slots::new(2, 3);
+        let jobs = JoinSet::new();
+        assert_eq!(slots.room(&jobs), 5, "two free slots and three ahead");
+        assert_eq!(
+            slots.room_now(&jobs, None),
+            2,
+            "only the free slots at once"
+        );
+
+        let first = slots.reserve(None).acquire().await;
+        let second = slots.reserve(None).acquire().await;
+        assert_eq!(
+            slots.room(&jobs),
+            3,
+            "both slots held: the room ahead is left"
+        );
+        assert_eq!(slots.room_now(&jobs, None), 0);
+
+        let third = slots.reserve(None);
+        let fourth = slots.reserve(None);
+        assert_eq!(slots.room(&jobs), 1, "two jobs wait");
+
+        // A freed slot goes to the job claimed first, and the room does not grow meanwhile.
+        drop(first);
+        let third = third.acquire().await;
+        assert_eq!(slots.room(&jobs), 2);
+        assert_eq!(
+            slots.room_now(&jobs, None),
+            0,
+            "the waiting job takes the next slot"
+        );
+
+        // A job dropped while it waits (released at shutdown) gives its room back.
+        drop(fourth);
+        assert_eq!(slots.room(&jobs), 3);
+        drop((second, third));
+        assert_eq!(slots.room(&jobs), 5);
+        assert_eq!(slots.room_now(&jobs, None), 2);
+    }
+
+    #[tokio::test]
+    async fn waiting_jobs_take_slots_in_the_order_they_were_claimed() {
+        let slots = Slots::new(1, 8);
+        let held = slots.reserve(None).acquire().await;
+        let mut waiting: Vec<_> = (0..4)
+            .map(|_| Box::pin(slots.reserve(None).acquire()))
+            .collect();
+        let mut context = Context::from_waker(Waker::noop());
+        // The runtime may first poll the jobs' tasks in any order: here the last claimed first.
+        for job in waiting.iter_mut().rev() {
+            assert!(job.as_mut().poll(&mut context).is_pending());
+        }
+        drop(held);
+        let started: Vec<Option<Slot>> = waiting
+            .iter_mut()
+            .map(|job| match job.as_mut().poll(&mut context) {
+                Poll::Ready(slot) => Some(slot),
+                Poll::Pending => None,
+            })
+            .collect();
+        let started: Vec<bool> = started.iter().map(Option::is_some).collect();
+        assert_eq!(
+            started,
+            [true, false, false, false],
+            "the first claimed starts"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backend_with_its_own_slots_claims_only_what_it_can_call_now() {
+        let slots = Slots::new(4, 4);
+        let own = Arc::new(Semaphore::new(1));
+        let jobs = JoinSet::new();
+        assert_eq!(slots.room_now(&jobs, Some(&own)), 1);
+        let held = slots.reserve(Some(&own)).acquire().await;
+        assert_eq!(slots.room_now(&jobs, Some(&own)), 0);
+        assert_eq!(slots.room(&jobs), 7, "other backends still have room");
+        drop(held);
+        assert_eq!(slots.room_now(&jobs, Some(&own)), 1);
     }
 }

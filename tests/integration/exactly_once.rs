@@ -8,6 +8,8 @@ use surrealdb::types::ToSql;
 
 use crate::helpers::*;
 
+const WAIT: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_run_each_of_500_jobs_exactly_once() {
     const JOBS: usize = 500;
@@ -178,4 +180,85 @@ async fn job_table() -> sp00ky_job_runner::store::Store {
 /// A claimer with a lease that outlasts any test.
 fn claimer_a() -> sp00ky_job_runner::job::claim::Claimer {
     sp00ky_job_runner::job::claim::Claimer::new("runner-a", Duration::from_secs(60))
+}
+
+/// Jobs claimed ahead of the free slots keep their leases while they wait, however long the calls
+/// before them take: a second runner with free slots, watching the same table, never rescues
+/// them. They start in claim order, and a shutdown puts the waiting ones back to `pending`
+/// without spending an attempt, for the other runner to run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_claimed_ahead_hold_their_leases_while_they_wait() {
+    const CALL: Duration = Duration::from_millis(2500);
+    let store = mem_store().await;
+    let backend = TestBackend::start(|_, _| Reply::ok().after(CALL)).await;
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            job("/spookify")
+                .payload(json!({"id": format!("t{n}")}))
+                .insert(&store)
+                .await,
+        );
+        // Distinct creation times make the claim order observable.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One slot, two ahead, a lease of a second: the last job waits two calls, five leases.
+    let ahead = start_runner(
+        &store,
+        backends(&backend.url, "job"),
+        sp00ky_job_runner::runner::RunnerOptions {
+            concurrency: 1,
+            claim_ahead: 2,
+            lease: Duration::from_secs(1),
+            shutdown_grace: Duration::ZERO,
+            ..fast_options("ahead")
+        },
+    )
+    .await;
+    wait_until("one runner to claim all three", WAIT, || async {
+        count_status(&store, "job", "processing").await == 3 && backend.count() == 1
+    })
+    .await;
+    let idle = start_runner(
+        &store,
+        backends(&backend.url, "job"),
+        sp00ky_job_runner::runner::RunnerOptions {
+            claim_ahead: 0,
+            lease: Duration::from_secs(1),
+            ..fast_options("idle")
+        },
+    )
+    .await;
+    wait_until("the second job's call", WAIT, || async {
+        backend.count() == 2
+    })
+    .await;
+    let waiting = row(&store, &ids[2]).await;
+    assert_eq!(waiting["status"], "processing", "{waiting}");
+    assert_eq!(
+        waiting["assignee"], "ahead",
+        "still held by its claimer: {waiting}"
+    );
+    let called: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(called, ["t0", "t1"], "claim order");
+
+    // Stopping with no grace cancels the running call and releases the waiting job.
+    ahead.stop().await;
+    let rows = futures::future::join_all(ids.iter().map(|id| wait_final(&store, id, WAIT))).await;
+    idle.stop().await;
+    for done in &rows {
+        assert_eq!(done["status"], "success", "{done}");
+        assert_eq!(done["retries"], 0, "no attempt was spent or lost: {done}");
+        assert_eq!(done["errors"], json!([]), "no lease ran out: {done}");
+    }
+    let calls = backend.requests();
+    let last = calls.iter().filter(|r| r.json()["id"] == "t2").count();
+    assert_eq!(last, 1, "the job that waited ran once, after its release");
 }

@@ -252,6 +252,7 @@ impl TestRunner {
 pub fn fast_options(runner_id: &str) -> RunnerOptions {
     RunnerOptions {
         concurrency: 16,
+        claim_ahead: 0,
         poll_interval: Duration::from_millis(100),
         lease: Duration::from_secs(15),
         shutdown_grace: Duration::from_secs(5),

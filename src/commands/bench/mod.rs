@@ -78,6 +78,9 @@ pub struct BenchArgs {
     /// Jobs at once (the runner's default).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Jobs the runner may claim beyond its free slots (`run --claim-ahead`).
+    #[arg(long, default_value_t = 0)]
+    pub claim_ahead: usize,
     /// Jobs for the I/O-bound run (the serial comparison runs a tenth of them, at least 20).
     #[arg(long, default_value_t = 3_200)]
     pub io_jobs: usize,
@@ -138,6 +141,8 @@ pub struct ModeResult {
     pub mode: Mode,
     pub jobs: usize,
     pub concurrency: usize,
+    /// Jobs the runner claimed beyond its free slots at most.
+    pub claim_ahead: usize,
     /// The ideal batched queue's best rate, and the batch size and loop count that reached it.
     pub ceiling_jobs_per_s: f64,
     pub ceiling_batch: usize,
@@ -193,9 +198,10 @@ pub async fn bench(
     if !args.json {
         println!("{}", describe_machine());
         println!(
-            "jobs={} concurrency={} pickup: {}/s for {}; io: {} jobs at 50 ms; memory: {} jobs in batches of {}\n",
+            "jobs={} concurrency={} claim-ahead={} pickup: {}/s for {}; io: {} jobs at 50 ms; memory: {} jobs in batches of {}\n",
             args.jobs,
             args.concurrency,
+            args.claim_ahead,
             args.rate,
             args.duration,
             args.io_jobs,
@@ -365,16 +371,31 @@ async fn run_mode(
         "bench_throughput",
         &backend,
         args.jobs,
-        args.concurrency,
+        (args.concurrency, args.claim_ahead),
     )
     .await?;
     progress.phase(mode, "pickup latency");
     let pickup = pickup(store, &backend, args).await?;
     let slow = BenchBackend::start(Duration::from_millis(50)).await;
     progress.phase(mode, "I/O-bound (50 ms backend)");
-    let io_bound = drain(store, "bench_io", &slow, args.io_jobs, args.concurrency).await?;
+    let io_bound = drain(
+        store,
+        "bench_io",
+        &slow,
+        args.io_jobs,
+        (args.concurrency, args.claim_ahead),
+    )
+    .await?;
     progress.phase(mode, "one job at a time (50 ms backend)");
-    let serial = drain(store, "bench_serial", &slow, (args.io_jobs / 10).max(20), 1).await?;
+    // One job at a time, as Sp00ky's reference runner: one slot, nothing claimed ahead.
+    let serial = drain(
+        store,
+        "bench_serial",
+        &slow,
+        (args.io_jobs / 10).max(20),
+        (1, 0),
+    )
+    .await?;
     progress.phase(mode, "memory");
     // In the embedded modes the engine shares the process: measure what it keeps on its own
     // first. Over WebSocket it is another process.
@@ -387,6 +408,7 @@ async fn run_mode(
         mode,
         jobs: args.jobs,
         concurrency: args.concurrency,
+        claim_ahead: args.claim_ahead,
         ceiling_jobs_per_s: round(ceiling.jobs_per_s),
         ceiling_batch: ceiling.batch,
         ceiling_loops: ceiling.loops,

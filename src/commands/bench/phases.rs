@@ -2,12 +2,12 @@
 
 use super::*;
 
-/// A runner over `table` against `backend`.
+/// A runner over `table` against `backend`, with `(concurrency, claim_ahead)`.
 pub(super) fn runner(
     store: &Store,
     table: &str,
     backend: &BenchBackend,
-    concurrency: usize,
+    (concurrency, claim_ahead): (usize, usize),
 ) -> Runner {
     let runtime = BackendRuntime {
         backend: Backend {
@@ -33,6 +33,7 @@ pub(super) fn runner(
         vec![runtime],
         RunnerOptions {
             concurrency,
+            claim_ahead,
             runner_id: format!("bench-{table}"),
             ..RunnerOptions::default()
         },
@@ -60,10 +61,10 @@ pub(super) async fn drain(
     table: &str,
     backend: &BenchBackend,
     count: usize,
-    concurrency: usize,
+    slots: (usize, usize),
 ) -> Result<f64, BenchError> {
     load(store, table, count).await?;
-    let runner = runner(store, table, backend, concurrency);
+    let runner = runner(store, table, backend, slots);
     let answered = backend.answered();
     let started = Instant::now();
     let elapsed = with_runner(runner, async {
@@ -112,7 +113,7 @@ pub(super) async fn pickup(
     let client = store.own_connection().await?;
     let answered = backend.answered();
     let total = (f64::from(args.rate) * args.duration.0.as_secs_f64()) as usize;
-    let runner = runner(store, table, backend, args.concurrency);
+    let runner = runner(store, table, backend, (args.concurrency, args.claim_ahead));
     with_runner(runner, async {
         // Let the live query arm before the clock starts.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -155,7 +156,7 @@ pub(super) async fn memory(
 ) -> Result<(f64, f64), BenchError> {
     let table = "bench_memory";
     store.apply_schema(table).await?;
-    let runner = runner(store, table, backend, args.concurrency);
+    let runner = runner(store, table, backend, (args.concurrency, args.claim_ahead));
     // The runner starts on a batch while it is still being inserted, so each batch is counted
     // from where the previous one ended, not from when the wait begins.
     let mut answered = backend.answered();

@@ -115,6 +115,7 @@ impl Runners {
             .args(["--database", &db.database, "--log-format", "json", "run"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--concurrency", &args.concurrency.to_string()])
+            .args(["--claim-ahead", &args.claim_ahead.to_string()])
             .env_remove("SPKY_JOB_CONFIG")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
