@@ -191,20 +191,7 @@ async fn jobs_claimed_ahead_hold_their_leases_while_they_wait() {
     const CALL: Duration = Duration::from_millis(2500);
     let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::ok().after(CALL)).await;
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        ids.push(
-            job("/spookify")
-                .payload(json!({"id": format!("t{n}")}))
-                .insert(&store)
-                .await,
-        );
-        // Distinct creation times make the claim order observable.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ids = insert_in_order(&store, &backend.url, 3).await;
     // One slot, two ahead, a lease of a second: the last job waits two calls, five leases.
     let ahead = start_runner(
         &store,

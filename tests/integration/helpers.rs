@@ -281,6 +281,26 @@ pub async fn start_runner(
     }
 }
 
+/// Prepares table `job` for the fixture backend at `base_url` and inserts `count` jobs with
+/// payload ids `t0`, `t1`, ..., each created a little after the one before, so that the order a
+/// runner calls them in is observable.
+pub async fn insert_in_order(store: &Store, base_url: &str, count: usize) -> Vec<RecordId> {
+    sp00ky_job_runner::commands::prepare_tables(store, &backends(base_url, "job"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(
+            job("/spookify")
+                .payload(json!({"id": format!("t{n}")}))
+                .insert(store)
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ids
+}
+
 /// A runner (id `r1`, fast options) over the fixture backend `api` at `base_url`, table `job`.
 pub async fn runner_for(store: &Store, base_url: &str) -> TestRunner {
     start_runner(store, backends(base_url, "job"), fast_options("r1")).await

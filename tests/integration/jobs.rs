@@ -322,20 +322,7 @@ async fn refused_connections_are_transport_failures() {
 async fn rows_written_before_the_runner_starts_are_run_oldest_first() {
     let store = mem_store().await;
     let backend = TestBackend::ok().await;
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends(&backend.url, "job"))
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        ids.push(
-            job("/spookify")
-                .payload(json!({"id": format!("t{n}")}))
-                .insert(&store)
-                .await,
-        );
-        // Distinct creation times make "oldest first" observable.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ids = insert_in_order(&store, &backend.url, 5).await;
     let mut options = fast_options("r1");
     options.concurrency = 1;
     let runner = start_runner(&store, backends(&backend.url, "job"), options).await;
