@@ -331,7 +331,7 @@ mod tests {
             ("--retry-cap", "100000000h"),
             ("--poll-interval", "0"),
             ("--concurrency", "0"),
-            ("--claim-ahead", "-1"),
+            ("--claim-ahead", "many"),
             ("--claim-ahead", "10001"),
         ] {
             let err = Cli::try_parse_from(["sp00ky-job-runner", "run", flag, value]).unwrap_err();
