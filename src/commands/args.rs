@@ -299,7 +299,7 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
 }
 
 /// `--claim-ahead`: 0 up to the largest concurrency.
-fn parse_claim_ahead(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_claim_ahead(text: &str) -> Result<usize, String> {
     let most = *limits::CONCURRENCY_RANGE.end();
     text.trim()
         .parse::<usize>()

@@ -47,7 +47,9 @@ pub struct Reservation {
     global: Permit,
     backend: Option<Permit>,
     freed: Arc<Notify>,
-    _waiting: Waiting,
+    /// Only a job whose permits were not free at once waits; one that got them is counted by
+    /// the semaphore alone (counting it twice would hide free slots from the next claim).
+    _waiting: Option<Waiting>,
 }
 
 /// A semaphore permit being acquired, already in the semaphore's queue.
@@ -58,7 +60,7 @@ type Permit = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>;
 /// may first poll in any order; so the future is polled once here, in claim order, and the task
 /// awaits it later (a later poll replaces the waker). Jobs therefore start oldest and highest
 /// priority first, as they were claimed.
-fn queue_for(semaphore: &Arc<Semaphore>) -> Permit {
+fn queue_for(semaphore: &Arc<Semaphore>) -> (Permit, bool) {
     let mut permit: Permit = Box::pin(
         semaphore
             .clone()
@@ -67,8 +69,8 @@ fn queue_for(semaphore: &Arc<Semaphore>) -> Permit {
     );
     let mut context = Context::from_waker(Waker::noop());
     match permit.as_mut().poll(&mut context) {
-        Poll::Ready(held) => Box::pin(std::future::ready(held)),
-        Poll::Pending => permit,
+        Poll::Ready(held) => (Box::pin(std::future::ready(held)), true),
+        Poll::Pending => (permit, false),
     }
 }
 
@@ -133,12 +135,21 @@ impl Slots {
 
     /// A place in the queue for one claimed job.
     pub(super) fn reserve(&self, backend: Option<&Arc<Semaphore>>) -> Reservation {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let (global, mut held) = queue_for(&self.semaphore);
+        let backend = backend.map(|own| {
+            let (permit, own_held) = queue_for(own);
+            held &= own_held;
+            permit
+        });
+        let waiting = (!held).then(|| {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            Waiting(self.waiting.clone())
+        });
         Reservation {
-            global: queue_for(&self.semaphore),
-            backend: backend.map(queue_for),
+            global,
+            backend,
             freed: self.freed.clone(),
-            _waiting: Waiting(self.waiting.clone()),
+            _waiting: waiting,
         }
     }
 }

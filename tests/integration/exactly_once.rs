@@ -192,7 +192,7 @@ async fn jobs_claimed_ahead_hold_their_leases_while_they_wait() {
     let store = mem_store().await;
     let backend = TestBackend::start(|_, _| Reply::ok().after(CALL)).await;
     let ids = insert_in_order(&store, &backend.url, 3).await;
-    // One slot, two ahead, a lease of a second: the last job waits two calls, five leases.
+    // One slot, two ahead, a lease of a second: the last job waits a whole call, 2.5 leases.
     let ahead = start_runner(
         &store,
         backends(&backend.url, "job"),
