@@ -184,7 +184,7 @@ pub struct RunArgs {
     /// Jobs claimed beyond the free slots. They wait for a slot in claim order, their leases
     /// renewed, so the next claim overlaps the running calls; 0 claims only what can start at
     /// once. Backends with `concurrency:` or `rateLimit:` never claim ahead.
-    #[arg(long, env = "SPKY_RUNNER_CLAIM_AHEAD", default_value_t = 0, value_parser = parse_claim_ahead)]
+    #[arg(long, env = "SPKY_RUNNER_CLAIM_AHEAD", default_value_t = 0, value_parser = limits::parse_claim_ahead)]
     pub claim_ahead: usize,
     /// Longest wait between two looks at the tables (live queries usually wake the runner sooner).
     #[arg(long, env = "SPKY_RUNNER_POLL_INTERVAL", value_parser = |s: &str| limits::POLL_INTERVAL.parse(s).map(FlagDuration),
@@ -296,16 +296,6 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
                 range.end()
             )
         })
-}
-
-/// `--claim-ahead`: 0 up to the largest concurrency.
-pub(crate) fn parse_claim_ahead(text: &str) -> Result<usize, String> {
-    let most = *limits::CONCURRENCY_RANGE.end();
-    text.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n <= most)
-        .ok_or_else(|| format!("{text:?} is not a whole number from 0 to {most}"))
 }
 
 #[cfg(test)]

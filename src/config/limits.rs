@@ -136,6 +136,16 @@ pub const CONCURRENCY: usize = 32;
 /// The range of `--concurrency`.
 pub const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=10_000;
 
+/// `--claim-ahead`: 0 up to the largest concurrency.
+pub fn parse_claim_ahead(text: &str) -> Result<usize, String> {
+    let most = *CONCURRENCY_RANGE.end();
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= most)
+        .ok_or_else(|| format!("{text:?} is not a whole number from 0 to {most}"))
+}
+
 /// Per-call timeout when a backend does not set `deploy.timeout` (CONTRACT.md).
 pub const TIMEOUT: Duration = secs(10);
 /// The range CONTRACT.md allows for `deploy.timeout` and a row's `timeout`, in seconds.

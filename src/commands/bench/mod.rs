@@ -79,7 +79,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Jobs the runner may claim beyond its free slots (`run --claim-ahead`).
-    #[arg(long, default_value_t = 0, value_parser = crate::commands::args::parse_claim_ahead)]
+    #[arg(long, default_value_t = 0, value_parser = crate::config::limits::parse_claim_ahead)]
     pub claim_ahead: usize,
     /// Jobs for the I/O-bound run (the serial comparison runs a tenth of them, at least 20).
     #[arg(long, default_value_t = 3_200)]
