@@ -62,6 +62,16 @@ pub enum LeaseOutcome<T> {
     Cancelled,
 }
 
+/// What stops an attempt at shutdown. A job still waiting for its slot has not called anyone, so
+/// it goes back to `pending` as soon as draining starts (`waiting`): the grace period is for calls
+/// in flight, and a waiting job that took a freed slot during it would start a call only to have
+/// it cancelled. A call stops when the grace period ends (`calls`).
+#[derive(Debug, Clone)]
+pub struct Stops {
+    pub waiting: watch::Receiver<bool>,
+    pub calls: watch::Receiver<bool>,
+}
+
 /// Runs one attempt of `job` and records its outcome. `slot` resolves to the job's slot, at once
 /// or once a running call ends (a job claimed ahead of the free slots), while the lease is held.
 /// The slot is held until the backend call ends and dropped before the write-back, so the next
@@ -71,10 +81,14 @@ pub async fn run<S>(
     backend: &Backend,
     routes: &Routes,
     job: Job,
-    mut cancel: watch::Receiver<bool>,
+    stops: Stops,
     slot: impl std::future::Future<Output = S>,
 ) -> Outcome {
-    let slot = match holding_lease(attempts, &job, slot, &mut cancel).await {
+    let Stops {
+        waiting: mut stop_waiting,
+        calls: mut cancel,
+    } = stops;
+    let slot = match holding_lease(attempts, &job, slot, &mut stop_waiting).await {
         LeaseOutcome::Finished(slot) => slot,
         LeaseOutcome::Lost => {
             tracing::warn!(job = %job.display_id, "lost the lease while waiting for a slot; another runner owns the job now");
@@ -152,7 +166,8 @@ pub fn prepare(
 /// Drives `work` (the wait for a slot, or the call) while renewing the lease every third of its
 /// length; stops early when the lease is lost or shutdown cancels the work. A job claimed ahead
 /// therefore keeps its lease however long the calls before it take, and no other runner rescues
-/// it meanwhile.
+/// it meanwhile. `work` is polled first: most slots are free at once, and a finished call must not
+/// lose a race to a renewal or a cancel that arrived with it.
 pub async fn holding_lease<T>(
     attempts: &Attempts,
     job: &Job,
@@ -164,6 +179,7 @@ pub async fn holding_lease<T>(
     tokio::pin!(work);
     loop {
         tokio::select! {
+            biased;
             result = &mut work => return LeaseOutcome::Finished(result),
             _ = renew.tick() => {
                 match attempts.store.extend_lease(&job.id, &job.token, lease).await {

@@ -9,8 +9,9 @@
 //! the last poll was full, or every `poll_interval` (live queries can miss notifications, and
 //! retries become due by the clock).
 //!
-//! Shutdown: claiming stops, in-flight jobs get `shutdown_grace` to finish, then the rest are
-//! cancelled and put back to `pending` without spending an attempt.
+//! Shutdown: claiming stops, jobs still waiting for a slot go back to `pending` at once, calls in
+//! flight get `shutdown_grace` to finish, then the rest are cancelled and put back to `pending`
+//! too; none of them spends an attempt.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tokio::sync::{Notify, Semaphore, watch as signal};
 use tokio::task::JoinSet;
 
 use crate::config::{Backend, limits};
-use crate::job::attempt::{self, Attempts};
+use crate::job::attempt::{self, Attempts, Stops};
 use crate::job::call::Caller;
 use crate::job::claim::{Claimer, Watermark};
 use crate::job::record::SuccessWriter;
@@ -109,6 +110,20 @@ struct Cursor {
     next_backend: usize,
     next_poll: tokio::time::Instant,
     watermarks: Vec<Watermark>,
+    /// Per backend: its last look left due work behind (it filled its room, or was granted
+    /// fewer calls than it found), and when that look was.
+    left_work: Vec<bool>,
+    looked_at: Vec<std::time::Instant>,
+    /// A rate-limited backend with work was kept out by jobs waiting ahead (see [`Runner::room_for`]).
+    hold_ahead: bool,
+}
+
+impl Cursor {
+    /// Whether backend `index` may have due work: its last look left some, or it has not looked
+    /// for a poll interval.
+    fn may_have_work(&self, index: usize, poll_interval: Duration) -> bool {
+        self.left_work[index] || self.looked_at[index].elapsed() >= poll_interval
+    }
 }
 
 impl Runner {
@@ -163,7 +178,9 @@ impl Runner {
         let options = &self.options;
         let slots = Slots::new(options.concurrency.max(1), options.claim_ahead);
         let wake = Arc::new(Notify::new());
-        let (cancel_tx, cancel_rx) = signal::channel(false);
+        let (stop_waiting, waiting) = signal::channel(false);
+        let (cancel_calls, calls) = signal::channel(false);
+        let stops = Stops { waiting, calls };
         let hints = Arc::new(Mutex::new(Hints::default()));
         let mut watchers = self.spawn_watchers(&wake, &hints);
         tracing::info!(
@@ -179,6 +196,9 @@ impl Runner {
             next_backend: 0,
             next_poll: tokio::time::Instant::now(),
             watermarks: vec![Watermark::new(options.poll_interval); self.backends.len()],
+            left_work: vec![false; self.backends.len()],
+            looked_at: vec![std::time::Instant::now(); self.backends.len()],
+            hold_ahead: false,
         };
         tokio::pin!(shutdown);
         loop {
@@ -195,6 +215,11 @@ impl Runner {
                 continue;
             }
             let hinted = std::mem::take(&mut *hints.lock().expect("hints lock"));
+            for (index, _) in &hinted.rows {
+                if let Some(left) = cursor.left_work.get_mut(*index) {
+                    *left = true;
+                }
+            }
             // New rows reported by a live query, when the last look left nothing behind and they
             // all fit: claimed by id at once. Polls, backlogs and anything the hints may not
             // cover take the full round, which honours priorities.
@@ -202,20 +227,14 @@ impl Runner {
                 && !cursor.more_work
                 && !hinted.overflowed
                 && !hinted.rows.is_empty()
-                && self.hints_fit(&hinted.rows, &slots, &jobs)
+                && self.hints_fit(&hinted.rows, &slots, &jobs, cursor.hold_ahead)
             {
-                self.claim_hinted(hinted.rows, &slots, &mut jobs, &cancel_rx)
+                self.claim_hinted(hinted.rows, &slots, &mut jobs, &stops)
                     .await;
                 continue;
             }
             let round = self
-                .claim_round(
-                    &slots,
-                    &mut jobs,
-                    &mut cursor,
-                    &cancel_rx,
-                    shutdown.as_mut(),
-                )
+                .claim_round(&slots, &mut jobs, &mut cursor, &stops, shutdown.as_mut())
                 .await;
             let Some(more) = round else { break };
             cursor.more_work = more || cursor.capped;
@@ -228,7 +247,7 @@ impl Runner {
                 };
         }
         watchers.abort_all();
-        drain(jobs, cancel_tx, options.shutdown_grace).await;
+        drain(jobs, stop_waiting, cancel_calls, options.shutdown_grace).await;
         tracing::info!("runner stopped");
     }
 
@@ -285,25 +304,37 @@ impl Runner {
 
     /// Whether every hinted row fits in the room its backend has (a rate-limited backend's rows
     /// always take the full round, which asks for calls first).
-    fn hints_fit(&self, rows: &[(usize, DueHint)], slots: &Slots, jobs: &JoinSet<()>) -> bool {
+    fn hints_fit(
+        &self,
+        rows: &[(usize, DueHint)],
+        slots: &Slots,
+        jobs: &JoinSet<()>,
+        hold_ahead: bool,
+    ) -> bool {
         rows.len() <= slots.room(jobs)
             && rows
                 .iter()
                 .all(|(b, _)| self.backends[*b].backend.rate_limit.is_none())
             && (0..self.backends.len()).all(|index| {
                 let hinted = rows.iter().filter(|(b, _)| *b == index).count();
-                hinted <= self.room_for(index, slots, jobs)
+                hinted <= self.room_for(index, slots, jobs, hold_ahead)
             })
     }
 
-    /// How many jobs backend `index` may claim now. A backend with slots of its own or a rate
-    /// limit claims only what it can call at once; the others may claim ahead of the free slots.
-    fn room_for(&self, index: usize, slots: &Slots, jobs: &JoinSet<()>) -> usize {
+    /// How many jobs backend `index` may claim now. A backend with a rate limit claims only what
+    /// it can call at once; one with slots of its own, within them; the others may claim ahead
+    /// of the free slots. Freed slots go to jobs waiting ahead first, so while they keep a
+    /// rate-limited backend with work out (`hold_ahead`), no backend claims ahead: the waiting
+    /// jobs drain, and that backend gets the next free slots, as it would with no room ahead.
+    fn room_for(&self, index: usize, slots: &Slots, jobs: &JoinSet<()>, hold_ahead: bool) -> usize {
         let own = self.backend_slots[index].as_ref();
-        if own.is_some() || self.backends[index].backend.rate_limit.is_some() {
-            slots.room_now(jobs, own)
-        } else {
-            slots.room(jobs)
+        match (
+            self.backends[index].backend.rate_limit.is_some() || hold_ahead,
+            own,
+        ) {
+            (true, _) => slots.room_now(jobs, own),
+            (false, Some(own)) => slots.room_within(jobs, own),
+            (false, None) => slots.room(jobs),
         }
     }
 
@@ -340,7 +371,7 @@ impl Runner {
         hinted: Vec<(usize, DueHint)>,
         slots: &Slots,
         jobs: &mut JoinSet<()>,
-        cancel: &signal::Receiver<bool>,
+        stops: &Stops,
     ) {
         let mut by_backend: Vec<Vec<DueHint>> = vec![Vec::new(); self.backends.len()];
         for (index, hint) in hinted {
@@ -354,7 +385,7 @@ impl Runner {
             }
             let backend = &self.backends[index];
             match self.claimers[index].take_hinted(self.store(), rows).await {
-                Ok(claimed) => self.start(index, claimed, slots, jobs, cancel, Duration::ZERO),
+                Ok(claimed) => self.start(index, claimed, slots, jobs, stops, Duration::ZERO),
                 Err(e) => {
                     tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
                 }
@@ -370,21 +401,21 @@ impl Runner {
         claimed: Vec<Job>,
         slots: &Slots,
         jobs: &mut JoinSet<()>,
-        cancel: &signal::Receiver<bool>,
+        stops: &Stops,
         wait: Duration,
     ) {
         for job in claimed {
             let slot = slots.reserve(self.backend_slots[index].as_ref());
             let attempts = self.attempts.clone();
             let backend = self.backends[index].clone();
-            let cancel = cancel.clone();
+            let stops = stops.clone();
             jobs.spawn(async move {
                 // A rate-limit grant for the window about to start: its calls start with it.
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
                 let BackendRuntime { backend, routes } = &*backend;
-                attempt::run(&attempts, backend, routes, job, cancel, slot.acquire()).await;
+                attempt::run(&attempts, backend, routes, job, stops, slot.acquire()).await;
             });
         }
     }
@@ -398,7 +429,7 @@ impl Runner {
         slots: &Slots,
         jobs: &mut JoinSet<()>,
         cursor: &mut Cursor,
-        cancel: &signal::Receiver<bool>,
+        stops: &Stops,
         mut shutdown: std::pin::Pin<&mut F>,
     ) -> Option<bool> {
         let mut more = false;
@@ -412,12 +443,24 @@ impl Runner {
             // Start with a different backend each round so one busy table cannot starve another.
             let index = (cursor.next_backend + offset) % count;
             let backend = &self.backends[index];
-            let room = self.room_for(index, slots, jobs);
+            let rate_limited = backend.backend.rate_limit.is_some();
+            let room = self.room_for(index, slots, jobs, cursor.hold_ahead);
             if room == 0 {
-                // This backend's own slots are full; one freeing up wakes the loop.
+                // This backend's own slots are full, or jobs waiting ahead hold the free ones;
+                // a slot freeing up wakes the loop.
                 cursor.capped = true;
+                if rate_limited
+                    && slots.room(jobs) > 0
+                    && cursor.may_have_work(index, self.options.poll_interval)
+                {
+                    cursor.hold_ahead = true;
+                }
                 continue;
             }
+            if rate_limited {
+                cursor.hold_ahead = false;
+            }
+            cursor.looked_at[index] = std::time::Instant::now();
             let watermark = &mut cursor.watermarks[index];
             let look = watermark.look(std::time::Instant::now());
             let store = self.store();
@@ -439,10 +482,13 @@ impl Runner {
                     watermark.saw(&found, std::time::Instant::now());
                     let Some((calls, after)) = self.calls_allowed(index, room, &found).await else {
                         cursor.capped = true;
+                        cursor.left_work[index] = Claimer::found(&found) > 0;
                         continue;
                     };
                     // Fewer calls granted than rows found: look again when a slot frees.
-                    cursor.capped |= calls < room.min(Claimer::found(&found));
+                    let short = calls < room.min(Claimer::found(&found));
+                    cursor.capped |= short;
+                    cursor.left_work[index] = short || Claimer::found(&found) >= room;
                     wait = after;
                     self.claimers[index].take(store, found, calls).await
                 }
@@ -455,7 +501,7 @@ impl Runner {
             match claimed {
                 Ok(claimed) => {
                     more |= claimed.len() == room;
-                    self.start(index, claimed, slots, jobs, cancel, wait);
+                    self.start(index, claimed, slots, jobs, stops, wait);
                 }
                 Err(e) if e.is_conflict() => more = true,
                 // While the database is away every poll fails; the store logged the outage once.
@@ -483,9 +529,15 @@ enum Woke {
     Freed,
 }
 
-/// Lets in-flight jobs finish for `grace`, then cancels the rest, which put themselves back to
-/// `pending`.
-async fn drain(mut jobs: JoinSet<()>, cancel: signal::Sender<bool>, grace: Duration) {
+/// Puts jobs still waiting for a slot back to `pending` at once, lets calls in flight finish for
+/// `grace`, then cancels the rest, which put themselves back to `pending` too.
+async fn drain(
+    mut jobs: JoinSet<()>,
+    stop_waiting: signal::Sender<bool>,
+    cancel: signal::Sender<bool>,
+    grace: Duration,
+) {
+    let _ = stop_waiting.send(true);
     tracing::info!(
         in_flight = jobs.len(),
         ?grace,

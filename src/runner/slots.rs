@@ -123,7 +123,8 @@ impl Slots {
 
     /// How many jobs of a backend that may not wait for a slot may be claimed now: slots free
     /// once every waiting job has its own, within `backend`'s own slots when it has them.
-    /// Backends with a `concurrency:` or a `rateLimit:` claim only what they can call at once.
+    /// A backend with a `rateLimit:` claims only what it can call at once: its calls belong to
+    /// the window they were granted in.
     pub(super) fn room_now(&self, jobs: &JoinSet<()>, backend: Option<&Arc<Semaphore>>) -> usize {
         let free = self
             .semaphore
@@ -131,6 +132,14 @@ impl Slots {
             .saturating_sub(self.waiting.load(Ordering::SeqCst));
         let room = self.room(jobs).min(free);
         backend.map_or(room, |own| room.min(own.available_permits()))
+    }
+
+    /// How many jobs of a backend with slots of its own may be claimed now: as many as `room`,
+    /// within the backend's free slots. Each takes its backend slot when it is claimed and then
+    /// waits for a runner slot in claim order like any other job, so it never holds a runner
+    /// slot while it waits for its backend's.
+    pub(super) fn room_within(&self, jobs: &JoinSet<()>, own: &Arc<Semaphore>) -> usize {
+        self.room(jobs).min(own.available_permits())
     }
 
     /// A place in the queue for one claimed job.
@@ -157,6 +166,127 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// One step of the main loop and its jobs' tasks, as the property below plays them.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The loop claims one job, if `room` (or `room_now`, for a backend that may not wait)
+        /// allows it; `own` picks a backend with slots of its own.
+        Claim { now: bool, own: bool },
+        /// A running call ends (the `n`-th held slot, modulo how many are held).
+        Finish(usize),
+        /// A waiting job is released at shutdown.
+        Release(usize),
+        /// Every task whose slot may have freed runs.
+        Settle,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (any::<bool>(), any::<bool>()).prop_map(|(now, own)| Step::Claim { now, own }),
+            2 => any::<usize>().prop_map(Step::Finish),
+            1 => any::<usize>().prop_map(Step::Release),
+            2 => Just(Step::Settle),
+        ]
+    }
+
+    type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
+
+    /// Polls each waiting job once, oldest first; returns which started.
+    fn settle(waiting: &mut Vec<Acquire>, held: &mut Vec<Slot>) -> Vec<bool> {
+        let mut context = Context::from_waker(Waker::noop());
+        let started: Vec<bool> = waiting
+            .iter_mut()
+            .map(|job| match job.as_mut().poll(&mut context) {
+                Poll::Ready(slot) => {
+                    held.push(slot);
+                    true
+                }
+                Poll::Pending => false,
+            })
+            .collect();
+        let mut started_iter = started.iter();
+        waiting.retain(|_| !started_iter.next().copied().unwrap_or(false));
+        started
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever order claims, finished calls and releases come in, as long as the loop claims
+        /// only the room it is given: no more calls than slots, no more jobs held than slots
+        /// plus the room ahead, a job promised a slot "now" gets it at once, freed slots go to
+        /// the oldest waiting jobs, no job waits while a slot is free, and once everything has
+        /// ended all the room is back.
+        #[test]
+        fn slots_never_promise_more_than_they_hold(
+            concurrency in 1usize..6,
+            ahead in 0usize..6,
+            own_slots in 1usize..4,
+            steps in proptest::collection::vec(step(), 1..80),
+        ) {
+            let slots = Slots::new(concurrency, ahead);
+            let own = Arc::new(Semaphore::new(own_slots));
+            let jobs = JoinSet::new();
+            let mut held: Vec<Slot> = Vec::new();
+            let mut waiting: Vec<Acquire> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Claim { now, own: with_own } => {
+                        let backend = with_own.then_some(&own);
+                        let room = match (now, backend) {
+                            (true, _) => slots.room_now(&jobs, backend),
+                            (false, Some(own)) => slots.room_within(&jobs, own),
+                            (false, None) => slots.room(&jobs),
+                        };
+                        if room > 0 {
+                            let mut job: Acquire = Box::pin(slots.reserve(backend).acquire());
+                            let mut context = Context::from_waker(Waker::noop());
+                            match job.as_mut().poll(&mut context) {
+                                Poll::Ready(slot) => held.push(slot),
+                                Poll::Pending => {
+                                    prop_assert!(!now, "promised a slot now, the job waits");
+                                    waiting.push(job);
+                                }
+                            }
+                        }
+                    }
+                    Step::Finish(n) if !held.is_empty() => {
+                        let n = n % held.len();
+                        drop(held.remove(n));
+                    }
+                    Step::Release(n) if !waiting.is_empty() => {
+                        let n = n % waiting.len();
+                        drop(waiting.remove(n));
+                    }
+                    Step::Settle => {
+                        let started = settle(&mut waiting, &mut held);
+                        prop_assert!(
+                            started.windows(2).all(|pair| pair[0] || !pair[1]),
+                            "a job started before one claimed earlier: {:?}", started
+                        );
+                    }
+                    Step::Finish(_) | Step::Release(_) => {}
+                }
+                prop_assert!(concurrency - slots.semaphore.available_permits() >= held.len());
+                prop_assert!(held.len() <= concurrency, "{} calls on {} slots", held.len(), concurrency);
+                prop_assert!(
+                    held.len() + waiting.len() <= concurrency + ahead,
+                    "{} held and {} waiting with {} slots and {} ahead", held.len(), waiting.len(), concurrency, ahead
+                );
+                prop_assert!(slots.room(&jobs) <= (concurrency + ahead).saturating_sub(held.len() + waiting.len()));
+            }
+            settle(&mut waiting, &mut held);
+            if !waiting.is_empty() {
+                prop_assert_eq!(held.len(), concurrency, "a job waits while a slot is free");
+            }
+            drop(waiting);
+            drop(held);
+            prop_assert_eq!(slots.room(&jobs), concurrency + ahead);
+            prop_assert_eq!(slots.room_now(&jobs, Some(&own)), concurrency.min(own_slots));
+        }
+    }
 
     #[tokio::test]
     async fn claims_run_ahead_of_the_free_slots_by_at_most_the_room_ahead() {

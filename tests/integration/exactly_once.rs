@@ -249,3 +249,41 @@ async fn jobs_claimed_ahead_hold_their_leases_while_they_wait() {
     let last = calls.iter().filter(|r| r.json()["id"] == "t2").count();
     assert_eq!(last, 1, "the job that waited ran once, after its release");
 }
+
+/// A shutdown gives calls in flight their grace period, but a job still waiting for a slot goes
+/// back to `pending` at once: it never starts a call during the grace period (one that would only
+/// be cancelled at its end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_ahead_go_back_to_pending_when_shutdown_starts() {
+    let store = mem_store().await;
+    let backend = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(800))).await;
+    let ids = insert_in_order(&store, &backend.url, 3).await;
+    let runner = start_runner(
+        &store,
+        backends(&backend.url, "job"),
+        sp00ky_job_runner::runner::RunnerOptions {
+            concurrency: 1,
+            claim_ahead: 2,
+            shutdown_grace: Duration::from_secs(10),
+            ..fast_options("ahead")
+        },
+    )
+    .await;
+    wait_until("one call and two jobs waiting", WAIT, || async {
+        count_status(&store, "job", "processing").await == 3 && backend.count() == 1
+    })
+    .await;
+    runner.stop().await;
+    assert_eq!(backend.count(), 1, "no call started after shutdown began");
+    let first = row(&store, &ids[0]).await;
+    assert_eq!(
+        first["status"], "success",
+        "the call in flight finished: {first}"
+    );
+    for id in &ids[1..] {
+        let waiting = row(&store, id).await;
+        assert_eq!(waiting["status"], "pending", "{waiting}");
+        assert_eq!(waiting["retries"], 0, "no attempt spent: {waiting}");
+        assert_eq!(waiting["errors"], json!([]), "{waiting}");
+    }
+}

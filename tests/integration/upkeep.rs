@@ -146,6 +146,17 @@ async fn counting_backend(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_with_its_own_concurrency_holds_no_more_and_cannot_starve_the_others() {
+    own_concurrency_holds(0).await;
+}
+
+/// The same with jobs claimed ahead of the free slots: the capped backend's jobs take their own
+/// slots when claimed and wait in line for the runner's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_with_its_own_concurrency_holds_no_more_when_jobs_are_claimed_ahead() {
+    own_concurrency_holds(4).await;
+}
+
+async fn own_concurrency_holds(claim_ahead: usize) {
     let (slow_url, slow_calls) = counting_backend(Duration::from_millis(300)).await;
     let fast = TestBackend::ok().await;
     let entry = |name: &str, url: &str, extra: &str| {
@@ -162,6 +173,7 @@ async fn a_backend_with_its_own_concurrency_holds_no_more_and_cannot_starve_the_
     let store = mem_store().await;
     let options = sp00ky_job_runner::runner::RunnerOptions {
         concurrency: 4,
+        claim_ahead,
         ..fast_options("capped")
     };
     let runner = start_runner(&store, runtimes, options).await;
@@ -270,4 +282,65 @@ async fn a_rate_limit_holds_across_runners_in_every_second_the_backend_counts() 
         per_second.len() >= 4,
         "20 calls at 5/s take at least four seconds: {per_second:?}"
     );
+}
+
+/// Freed slots go to jobs waiting ahead first, and a rate-limited backend claims only what it can
+/// call at once: while another backend's backlog keeps jobs waiting ahead, the rate-limited one
+/// must still get slots, long before that backlog drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_backend_gets_slots_while_another_backlog_waits_ahead() {
+    let bulk = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(100))).await;
+    let limited = TestBackend::ok().await;
+    let entry = |name: &str, url: &str, extra: &str| {
+        format!(
+            "  {name}:\n    type: http\n    baseUrl: {url}\n    spec: ./openapi.yml\n{extra}    method:\n      type: outbox\n      table: {name}_job\n"
+        )
+    };
+    let yaml = format!(
+        "backends:\n{}{}",
+        entry("bulk", &bulk.url, ""),
+        entry("limited", &limited.url, "    rateLimit: 50/s\n")
+    );
+    let store = mem_store().await;
+    sp00ky_job_runner::commands::prepare_tables(&store, &runtimes_of(&yaml))
+        .await
+        .unwrap();
+    let backlog = 80;
+    for n in 0..backlog {
+        insert_row(
+            &store,
+            "bulk_job",
+            json!({"path": "/spookify", "payload": format!("{{\"id\": \"b{n}\"}}")}),
+        )
+        .await;
+    }
+    // Two slots and four ahead: 80 calls of 100 ms take four seconds.
+    let options = sp00ky_job_runner::runner::RunnerOptions {
+        concurrency: 2,
+        claim_ahead: 4,
+        ..fast_options("ahead-and-limited")
+    };
+    let runner = start_runner(&store, runtimes_of(&yaml), options).await;
+    wait_until("jobs waiting ahead", Duration::from_secs(20), || async {
+        count_status(&store, "bulk_job", "processing").await == 6
+    })
+    .await;
+    for n in 0..3 {
+        insert_row(
+            &store,
+            "limited_job",
+            json!({"path": "/spookify", "payload": format!("{{\"id\": \"l{n}\"}}")}),
+        )
+        .await;
+    }
+    wait_until("the rate-limited jobs", Duration::from_secs(20), || async {
+        count_status(&store, "limited_job", "success").await == 3
+    })
+    .await;
+    let bulk_done = count_status(&store, "bulk_job", "success").await;
+    assert!(
+        bulk_done <= backlog / 2,
+        "the rate-limited jobs waited for {bulk_done} of the {backlog} jobs of the backlog"
+    );
+    runner.stop().await;
 }
