@@ -420,6 +420,35 @@ impl Runner {
         }
     }
 
+    /// The room backend `index` has on its turn in a round. None: its own slots are full, or
+    /// jobs waiting ahead hold the free ones; a slot freeing up wakes the loop, and a
+    /// rate-limited backend with work holds further claims ahead until its turn comes.
+    fn turn_room(
+        &self,
+        index: usize,
+        slots: &Slots,
+        jobs: &JoinSet<()>,
+        cursor: &mut Cursor,
+    ) -> usize {
+        let rate_limited = self.backends[index].backend.rate_limit.is_some();
+        let room = self.room_for(index, slots, jobs, cursor.hold_ahead);
+        if room == 0 {
+            cursor.capped = true;
+            if rate_limited
+                && slots.room(jobs) > 0
+                && cursor.may_have_work(index, self.options.poll_interval)
+            {
+                cursor.hold_ahead = true;
+            }
+            return 0;
+        }
+        if rate_limited {
+            cursor.hold_ahead = false;
+        }
+        cursor.looked_at[index] = std::time::Instant::now();
+        room
+    }
+
     /// Claims for every backend while there is room. Returns whether any backend had more due
     /// work than there was room for, or `None` when `shutdown` completed while looking: the
     /// read-only look is abandoned then, so an idle runner exits without waiting on the
@@ -443,24 +472,10 @@ impl Runner {
             // Start with a different backend each round so one busy table cannot starve another.
             let index = (cursor.next_backend + offset) % count;
             let backend = &self.backends[index];
-            let rate_limited = backend.backend.rate_limit.is_some();
-            let room = self.room_for(index, slots, jobs, cursor.hold_ahead);
+            let room = self.turn_room(index, slots, jobs, cursor);
             if room == 0 {
-                // This backend's own slots are full, or jobs waiting ahead hold the free ones;
-                // a slot freeing up wakes the loop.
-                cursor.capped = true;
-                if rate_limited
-                    && slots.room(jobs) > 0
-                    && cursor.may_have_work(index, self.options.poll_interval)
-                {
-                    cursor.hold_ahead = true;
-                }
                 continue;
             }
-            if rate_limited {
-                cursor.hold_ahead = false;
-            }
-            cursor.looked_at[index] = std::time::Instant::now();
             let watermark = &mut cursor.watermarks[index];
             let look = watermark.look(std::time::Instant::now());
             let store = self.store();
