@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(args.poll_interval.0, limits::POLL_INTERVAL.default);
         assert_eq!(args.retry_cap.0, limits::RETRY_CAP.default);
         assert_eq!(args.concurrency, limits::CONCURRENCY);
-        assert_eq!(args.claim_ahead, 0, "off until a benchmark shows it pays");
+        assert_eq!(
+            args.claim_ahead, 0,
+            "off: jobs held ahead would wait while another runner's slots are free"
+        );
     }
 
     #[test]
