@@ -213,6 +213,57 @@ impl Claimer {
         }
     }
 
+    /// A look and its claim in one request (see [`Store::look_and_claim`]), for a narrow look
+    /// (`look.expired` false) of a backend that need not ask for calls first: while a backlog
+    /// drains, each batch costs the runner one round trip instead of two. `None` when rows of
+    /// another priority are due: then the caller makes the two-step claim, which orders them.
+    /// Unlike [`Claimer::find`], it writes: once started it must be awaited.
+    pub async fn look_and_take(
+        &self,
+        store: &Store,
+        table: &str,
+        limit: usize,
+        look: Look,
+    ) -> Result<Option<(Found, Vec<Job>)>, StoreError> {
+        debug_assert!(!look.expired, "expired leases take the two-step claim");
+        if limit == 0 {
+            let found = Found {
+                look,
+                candidates: Vec::new(),
+                backlog_from: None,
+            };
+            return Ok(Some((found, Vec::new())));
+        }
+        let token = new_token();
+        let claim = self.claim_for(&token);
+        let now = self.now();
+        let outcome =
+            retry_conflicts(|| store.look_and_claim(table, now, limit, look.from, &claim)).await?;
+        if outcome.prioritised {
+            return Ok(None);
+        }
+        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> = outcome
+            .due
+            .candidates
+            .iter()
+            .map(|c| (c.id.to_sql(), c.due_at))
+            .collect();
+        let jobs = outcome
+            .claimed
+            .into_iter()
+            .map(|row| {
+                let due_at = due.get(&row.id.to_sql()).copied().flatten();
+                read_job(row, &token, due_at, &self.limits)
+            })
+            .collect();
+        let found = Found {
+            look,
+            candidates: outcome.due.candidates,
+            backlog_from: outcome.due.backlog_from,
+        };
+        Ok(Some((found, jobs)))
+    }
+
     /// Claims rows a live query reported as due, without the due query: one round trip from a
     /// new job to its claim. The compare-and-set is the same as [`Claimer::take`]'s, so a row
     /// another runner took, or one no longer due, is simply not returned.

@@ -31,6 +31,7 @@ use crate::store::{DueHint, Store};
 pub mod activity;
 pub mod metrics;
 pub mod retention;
+mod round;
 pub mod slots;
 pub mod status;
 pub mod watch;
@@ -268,40 +269,6 @@ impl Runner {
         watchers
     }
 
-    /// How many of the rows `found` for backend `index` may be claimed (at most `room`), and how
-    /// long their calls must wait: all of them, at once, unless the backend has a `rateLimit:`;
-    /// then what the shared budget grants. `None`: nothing now.
-    async fn calls_allowed(
-        &self,
-        index: usize,
-        room: usize,
-        found: &crate::job::claim::Found,
-    ) -> Option<(usize, Duration)> {
-        let backend = &self.backends[index].backend;
-        let Some(limit) = backend.rate_limit else {
-            return Some((room, Duration::ZERO));
-        };
-        let want = room.min(Claimer::found(found));
-        if want == 0 {
-            return Some((0, Duration::ZERO));
-        }
-        let key = &backend.table;
-        match self
-            .store()
-            .grant_calls(key, limit.per, limit.calls, want, limits::RATE_LEAD)
-            .await
-        {
-            Ok(grant) if grant.calls > 0 => Some((grant.calls, grant.wait)),
-            Ok(_) => None,
-            // Runners asking at the same moment: the next look asks again.
-            Err(e) if e.is_conflict() => None,
-            Err(e) => {
-                tracing::warn!(backend = %backend.name, error = %e, "could not ask for calls under the rate limit");
-                None
-            }
-        }
-    }
-
     /// Whether every hinted row fits in the room its backend has (a rate-limited backend's rows
     /// always take the full round, which asks for calls first).
     fn hints_fit(
@@ -418,118 +385,6 @@ impl Runner {
                 attempt::run(&attempts, backend, routes, job, stops, slot.acquire()).await;
             });
         }
-    }
-
-    /// The room backend `index` has on its turn in a round. None: its own slots are full, or
-    /// jobs waiting ahead hold the free ones; a slot freeing up wakes the loop, and a
-    /// rate-limited backend with work holds further claims ahead until its turn comes.
-    fn turn_room(
-        &self,
-        index: usize,
-        slots: &Slots,
-        jobs: &JoinSet<()>,
-        cursor: &mut Cursor,
-    ) -> usize {
-        let rate_limited = self.backends[index].backend.rate_limit.is_some();
-        let room = self.room_for(index, slots, jobs, cursor.hold_ahead);
-        if room == 0 {
-            cursor.capped = true;
-            if rate_limited
-                && slots.room(jobs) > 0
-                && cursor.may_have_work(index, self.options.poll_interval)
-            {
-                cursor.hold_ahead = true;
-            }
-            return 0;
-        }
-        if rate_limited {
-            cursor.hold_ahead = false;
-        }
-        cursor.looked_at[index] = std::time::Instant::now();
-        room
-    }
-
-    /// Claims for every backend while there is room. Returns whether any backend had more due
-    /// work than there was room for, or `None` when `shutdown` completed while looking: the
-    /// read-only look is abandoned then, so an idle runner exits without waiting on the
-    /// database; a claim that started writing is always seen through.
-    async fn claim_round<F: std::future::Future<Output = ()>>(
-        &self,
-        slots: &Slots,
-        jobs: &mut JoinSet<()>,
-        cursor: &mut Cursor,
-        stops: &Stops,
-        mut shutdown: std::pin::Pin<&mut F>,
-    ) -> Option<bool> {
-        let mut more = false;
-        cursor.capped = false;
-        let count = self.backends.len();
-        for offset in 0..count {
-            let room = slots.room(jobs);
-            if room == 0 {
-                return Some(true);
-            }
-            // Start with a different backend each round so one busy table cannot starve another.
-            let index = (cursor.next_backend + offset) % count;
-            let backend = &self.backends[index];
-            let room = self.turn_room(index, slots, jobs, cursor);
-            if room == 0 {
-                continue;
-            }
-            let watermark = &mut cursor.watermarks[index];
-            let look = watermark.look(std::time::Instant::now());
-            let store = self.store();
-            // The look runs in a task of its own, so that abandoning it leaves the request to
-            // finish (dropping a request in flight makes the SDK log an error about it).
-            let look = tokio::spawn({
-                let (claimer, store) = (self.claimers[index].clone(), store.clone());
-                let table = backend.backend.table.clone();
-                async move { claimer.find(&store, &table, room, look).await }
-            });
-            let found = tokio::select! {
-                biased;
-                () = shutdown.as_mut() => return None,
-                found = look => found,
-            };
-            let mut wait = Duration::ZERO;
-            let claimed = match found {
-                Ok(Ok(found)) => {
-                    watermark.saw(&found, std::time::Instant::now());
-                    let Some((calls, after)) = self.calls_allowed(index, room, &found).await else {
-                        cursor.capped = true;
-                        cursor.left_work[index] = Claimer::found(&found) > 0;
-                        continue;
-                    };
-                    // Fewer calls granted than rows found: look again when a slot frees.
-                    let short = calls < room.min(Claimer::found(&found));
-                    cursor.capped |= short;
-                    cursor.left_work[index] = short || Claimer::found(&found) >= room;
-                    wait = after;
-                    self.claimers[index].take(store, found, calls).await
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => {
-                    tracing::warn!(backend = %backend.backend.name, error = %e, "looking for due jobs failed");
-                    continue;
-                }
-            };
-            match claimed {
-                Ok(claimed) => {
-                    more |= claimed.len() == room;
-                    self.start(index, claimed, slots, jobs, stops, wait);
-                }
-                Err(e) if e.is_conflict() => more = true,
-                // While the database is away every poll fails; the store logged the outage once.
-                Err(e) if self.store().health().is_down() => {
-                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim jobs");
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %backend.backend.name, error = %e, "could not claim jobs");
-                }
-            }
-        }
-        cursor.next_backend = (cursor.next_backend + 1) % count.max(1);
-        Some(more)
     }
 }
 

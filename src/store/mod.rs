@@ -33,7 +33,9 @@ pub mod schema;
 
 pub use bulk::{JobFilter, PageKey};
 pub use jobs::{Finished, NewJob, new_job_key};
-pub use queue::{Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, Watch, WriteBack};
+pub use queue::{
+    Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, LookAndClaim, Watch, WriteBack,
+};
 pub use rates::Grant;
 pub use schema::{
     QUEUE_FIELDS, RUNNER_FIELDS, SCHEDULE_FIELD, SCHEMA, TableInfo, definitions_for, schema_for,

@@ -64,6 +64,17 @@ pub struct ClaimedRow {
     pub fields: serde_json::Value,
 }
 
+/// What [`Store::look_and_claim`] saw and took.
+#[derive(Debug, Default)]
+pub struct LookAndClaim {
+    /// Rows of another priority are due: nothing was claimed.
+    pub prioritised: bool,
+    /// The due priority-0 rows the look saw, oldest first.
+    pub due: DueRows,
+    /// The rows this request won; rows another runner took first are absent.
+    pub claimed: Vec<ClaimedRow>,
+}
+
 /// How a finished attempt is written back.
 #[derive(Debug, Clone)]
 pub enum WriteBack<'a> {
@@ -159,6 +170,80 @@ impl Store {
         Ok(DueRows {
             candidates,
             backlog_from,
+        })
+    }
+
+    /// A look and its claim in one request, for the look that runs most while a backlog drains:
+    /// the priority-0 rows from `look.from` (no expired leases), claimed by the same
+    /// compare-and-set as [`Store::claim_pending`] on the server, without the runner's round
+    /// trip between the two. The claim is skipped when rows of another priority are due
+    /// ([`LookAndClaim::prioritised`]): the caller then makes the two-step look, which orders
+    /// them, so a quick claim never takes a priority-0 row ahead of a higher one.
+    pub async fn look_and_claim(
+        &self,
+        table: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        from: Option<DateTime<Utc>>,
+        claim: &Claim<'_>,
+    ) -> Result<LookAndClaim, StoreError> {
+        const STATEMENT: &str = "SELECT due rows, then UPDATE $due WHERE status = 'pending'";
+        let table = Self::table(table)?;
+        let range = if from.is_some() {
+            "due_at >= $from AND due_at <= $now"
+        } else {
+            "due_at <= $now"
+        };
+        let query = self
+            .db
+            .query(format!(
+                "LET $higher = (SELECT VALUE id FROM {table} \
+                   WHERE status = 'pending' AND priority > 0 AND due_at <= $now LIMIT 1); \
+                 LET $lower = (SELECT VALUE id FROM {table} \
+                   WHERE status = 'pending' AND priority < 0 AND due_at <= $now LIMIT 1); \
+                 LET $due = (SELECT {CANDIDATE_FIELDS} FROM {table} \
+                   WHERE status = 'pending' AND priority = 0 AND {range} \
+                   ORDER BY due_at LIMIT $limit); \
+                 LET $prioritised = array::len($higher) + array::len($lower) > 0; \
+                 RETURN $prioritised; \
+                 RETURN $due; \
+                 IF $prioritised OR array::len($due) = 0 {{ [] }} ELSE {{ \
+                   UPDATE $due.id SET status = 'processing', assignee = $runner, \
+                     lease_token = $claim_token, \
+                     due_at = time::now() + duration::from_millis($lease_ms), updated_at = time::now() \
+                   WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER \
+                 }};"
+            ))
+            .bind(("now", now))
+            .bind(("from", from))
+            .bind(("limit", limit as i64))
+            .bind(claim.bindings());
+        let mut response = self.exec(STATEMENT, query).await?;
+        let prioritised: Option<bool> = response.take(4).map_err(query_err(STATEMENT))?;
+        let due: Vec<Value> = response.take(5).map_err(query_err(STATEMENT))?;
+        let claimed: Vec<Value> = response.take(6).map_err(query_err(STATEMENT))?;
+        let seen = due
+            .into_iter()
+            .map(read_candidate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let backlog_from = seen
+            .first()
+            .filter(|_| seen.len() >= limit)
+            .and_then(|c| c.due_at);
+        let claimed = claimed
+            .into_iter()
+            .map(|row| {
+                let (id, fields) = split_row(row, STATEMENT)?;
+                Ok(ClaimedRow { id, fields })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LookAndClaim {
+            prioritised: prioritised.unwrap_or(false),
+            due: DueRows {
+                candidates: seen,
+                backlog_from,
+            },
+            claimed,
         })
     }
 

@@ -287,3 +287,67 @@ async fn jobs_waiting_ahead_go_back_to_pending_when_shutdown_starts() {
         assert_eq!(waiting["errors"], json!([]), "{waiting}");
     }
 }
+
+/// While a backlog drains, a look and its claim go to the database in one request. It claims the
+/// oldest due rows first, up to its limit, by the same compare-and-set as the two-step claim
+/// (a row already claimed is not taken again), says where the backlog continues, and claims
+/// nothing when a row of another priority is due: the two-step claim orders those.
+#[tokio::test]
+async fn one_request_claims_oldest_first_and_yields_to_other_priorities() {
+    use sp00ky_job_runner::store::Look;
+    let store = job_table().await;
+    let create = async |due: &str, priority: i64| -> surrealdb::types::RecordId {
+        let mut response = store
+            .client()
+            .query(format!(
+                "CREATE ONLY job SET path = '/spookify', payload = '{{}}', priority = {priority}, \
+                 due_at = time::now() - {due} RETURN VALUE id"
+            ))
+            .await
+            .unwrap();
+        let id: Option<surrealdb::types::RecordId> = response.take(0).unwrap();
+        id.unwrap()
+    };
+    let oldest = create("3s", 0).await;
+    let second = create("2s", 0).await;
+    let third = create("1s", 0).await;
+    let narrow = Look {
+        from: None,
+        expired: false,
+    };
+    let claimer = claimer_a();
+    let take = async |limit| {
+        claimer
+            .look_and_take(&store, "job", limit, narrow)
+            .await
+            .unwrap()
+    };
+
+    let (found, jobs) = take(2).await.expect("no other priority is due");
+    let ids: Vec<_> = jobs.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(
+        ids,
+        [oldest.clone(), second.clone()],
+        "oldest first, up to the limit"
+    );
+    assert_eq!(sp00ky_job_runner::job::claim::Claimer::found(&found), 2);
+    for id in &ids {
+        let claimed = row(&store, id).await;
+        assert_eq!(claimed["status"], "processing", "{claimed}");
+        assert_eq!(claimed["assignee"], "runner-a", "{claimed}");
+        assert_eq!(claimed["lease_token"], jobs[0].token.as_str(), "{claimed}");
+    }
+
+    let (_, jobs) = take(5).await.expect("no other priority is due");
+    let ids: Vec<_> = jobs.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(ids, [third.clone()], "claimed rows are not taken again");
+
+    let plain = create("1s", 0).await;
+    let urgent = create("1s", 5).await;
+    assert!(
+        take(5).await.is_none(),
+        "a due row of another priority hands over to the ordered claim"
+    );
+    assert_eq!(row(&store, &plain).await["status"], "pending");
+    assert_eq!(row(&store, &urgent).await["status"], "pending");
+}

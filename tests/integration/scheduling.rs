@@ -363,3 +363,47 @@ fn invalid_schedules_fail_at_load() {
             .is_none()
     );
 }
+
+/// While a backlog drains, the runner looks and claims in one request, and full looks come only
+/// once per poll interval (here longer than the whole test). A high-priority job added in the
+/// middle must still run next, not after the backlog.
+#[tokio::test]
+async fn a_priority_job_added_while_a_backlog_drains_runs_next() {
+    const BACKLOG: usize = 30;
+    let store = mem_store().await;
+    let backend = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(20))).await;
+    insert_in_order(&store, &backend.url, BACKLOG).await;
+    let mut options = fast_options("r1");
+    options.concurrency = 1;
+    options.poll_interval = Duration::from_secs(60);
+    let runner = start_runner(&store, backends(&backend.url, "job"), options).await;
+    wait_until(
+        "a few backlog jobs to run",
+        Duration::from_secs(30),
+        || async { backend.count() >= 5 },
+    )
+    .await;
+    insert_row(
+        &store,
+        "job",
+        json!({"path": "/spookify", "payload": "{\"id\":\"urgent\"}", "priority": 10}),
+    )
+    .await;
+    let called_before = backend.count();
+    wait_until("every job to run", Duration::from_secs(30), || async {
+        backend.count() == BACKLOG + 1
+    })
+    .await;
+    runner.stop().await;
+    let order: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    let at = order.iter().position(|id| id == "urgent").unwrap();
+    // One slot: at most the job in its call when the urgent one arrived runs before it.
+    assert!(
+        at <= called_before + 1,
+        "urgent ran {at}th, {called_before} had been called when it arrived: {order:?}"
+    );
+}
