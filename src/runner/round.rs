@@ -113,7 +113,9 @@ impl Runner {
                     .look_and_take(store, &backend.backend.table, room, look)
                     .await;
                 if let Some(claimed) = self.took_at_once(index, room, quick, cursor) {
-                    more |= self.started(index, room, claimed, slots, jobs, stops, Duration::ZERO);
+                    let (claimed, conflict) = self.took(index, claimed);
+                    more |= conflict || claimed.len() == room;
+                    self.start(index, claimed, slots, jobs, stops, Duration::ZERO);
                     continue;
                 }
             }
@@ -152,7 +154,9 @@ impl Runner {
                     continue;
                 }
             };
-            more |= self.started(index, room, claimed, slots, jobs, stops, wait);
+            let (claimed, conflict) = self.took(index, claimed);
+            more |= conflict || claimed.len() == room;
+            self.start(index, claimed, slots, jobs, stops, wait);
         }
         cursor.next_backend = (cursor.next_backend + 1) % count.max(1);
         Some(more)
@@ -179,35 +183,21 @@ impl Runner {
         }
     }
 
-    /// Starts what a claim took for backend `index`, or logs why it took nothing. Returns
-    /// whether it filled `room` (more is probably due).
-    #[allow(clippy::too_many_arguments)]
-    fn started(
-        &self,
-        index: usize,
-        room: usize,
-        claimed: Result<Vec<Job>, StoreError>,
-        slots: &Slots,
-        jobs: &mut JoinSet<()>,
-        stops: &Stops,
-        wait: Duration,
-    ) -> bool {
+    /// The jobs a claim of backend `index` took, or none after logging why not; `true` when it
+    /// lost a race with another runner (more is due: look again soon).
+    fn took(&self, index: usize, claimed: Result<Vec<Job>, StoreError>) -> (Vec<Job>, bool) {
         let name = &self.backends[index].backend.name;
         match claimed {
-            Ok(claimed) => {
-                let full = claimed.len() == room;
-                self.start(index, claimed, slots, jobs, stops, wait);
-                full
-            }
-            Err(e) if e.is_conflict() => true,
+            Ok(claimed) => (claimed, false),
+            Err(e) if e.is_conflict() => (Vec::new(), true),
             // While the database is away every poll fails; the store logged the outage once.
             Err(e) if self.store().health().is_down() => {
                 tracing::debug!(backend = %name, error = %e, "could not claim jobs");
-                false
+                (Vec::new(), false)
             }
             Err(e) => {
                 tracing::warn!(backend = %name, error = %e, "could not claim jobs");
-                false
+                (Vec::new(), false)
             }
         }
     }
