@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::task::JoinSet;
 
 use super::{Cursor, Runner, Slots};
@@ -82,7 +83,8 @@ impl Runner {
     /// Claims for every backend while there is room. Returns whether any backend had more due
     /// work than there was room for, or `None` when `shutdown` completed while looking: the
     /// read-only look is abandoned then, so an idle runner exits without waiting on the
-    /// database; a claim that started writing is always seen through.
+    /// database; a claim that started writing (the one-request claim included) is always seen
+    /// through, and none starts once the shutdown has.
     pub(super) async fn claim_round<F: std::future::Future<Output = ()>>(
         &self,
         slots: &Slots,
@@ -109,6 +111,11 @@ impl Runner {
             let look = cursor.watermarks[index].look(std::time::Instant::now());
             let store = self.store();
             if backend.backend.rate_limit.is_none() && !look.expired {
+                // This request writes, so it cannot be abandoned like a look: do not start it
+                // once the shutdown has begun.
+                if shutdown.as_mut().now_or_never().is_some() {
+                    return None;
+                }
                 let quick = self.claimers[index]
                     .look_and_take(store, &backend.backend.table, room, look)
                     .await;
@@ -164,7 +171,7 @@ impl Runner {
 
     /// What a look-and-claim in one request did for backend `index`: the watermark moves as
     /// after any look. `None` when rows of another priority were due, so the two-step claim,
-    /// which orders them, must run instead.
+    /// which orders them, must run instead, or when the request failed other than by a conflict.
     fn took_at_once(
         &self,
         index: usize,
@@ -179,7 +186,14 @@ impl Runner {
                 Some(Ok(claimed))
             }
             Ok(None) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) if e.is_conflict() => Some(Err(e)),
+            // Whatever failed, the two-step claim may still work (its compare-and-set makes a
+            // second try safe): a request this runner cannot send must not stall the backlog.
+            Err(e) => {
+                let name = &self.backends[index].backend.name;
+                tracing::debug!(backend = %name, error = %e, "one-request claim failed; claiming in two steps");
+                None
+            }
         }
     }
 

@@ -176,9 +176,11 @@ impl Store {
     /// A look and its claim in one request, for the look that runs most while a backlog drains:
     /// the priority-0 rows from `look.from` (no expired leases), claimed by the same
     /// compare-and-set as [`Store::claim_pending`] on the server, without the runner's round
-    /// trip between the two. The claim is skipped when rows of another priority are due
-    /// ([`LookAndClaim::prioritised`]): the caller then makes the two-step look, which orders
-    /// them, so a quick claim never takes a priority-0 row ahead of a higher one.
+    /// trip between the two. The claim is skipped ([`LookAndClaim::prioritised`]) when a row of
+    /// a higher priority is due, or one of a lower priority that the two-step look would take
+    /// because fewer priority-0 rows are due than the limit: the caller then makes that look,
+    /// which orders them. The claim runs only when the probes answered `false`, so a failed
+    /// probe claims nothing (a claim whose request then errors would hold rows nobody runs).
     pub async fn look_and_claim(
         &self,
         table: &str,
@@ -204,15 +206,16 @@ impl Store {
                  LET $due = (SELECT {CANDIDATE_FIELDS} FROM {table} \
                    WHERE status = 'pending' AND priority = 0 AND {range} \
                    ORDER BY due_at LIMIT $limit); \
-                 LET $prioritised = array::len($higher) + array::len($lower) > 0; \
+                 LET $prioritised = array::len($higher) > 0 \
+                   OR (array::len($lower) > 0 AND array::len($due) < $limit); \
                  RETURN $prioritised; \
                  RETURN $due; \
-                 IF $prioritised OR array::len($due) = 0 {{ [] }} ELSE {{ \
+                 IF $prioritised = false AND array::len($due) > 0 {{ \
                    UPDATE $due.id SET status = 'processing', assignee = $runner, \
                      lease_token = $claim_token, \
                      due_at = time::now() + duration::from_millis($lease_ms), updated_at = time::now() \
                    WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER \
-                 }};"
+                 }} ELSE {{ [] }};"
             ))
             .bind(("now", now))
             .bind(("from", from))
@@ -238,7 +241,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(LookAndClaim {
-            prioritised: prioritised.unwrap_or(false),
+            prioritised: prioritised != Some(false),
             due: DueRows {
                 candidates: seen,
                 backlog_from,

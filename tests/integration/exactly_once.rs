@@ -343,11 +343,76 @@ async fn one_request_claims_oldest_first_and_yields_to_other_priorities() {
     assert_eq!(ids, [third.clone()], "claimed rows are not taken again");
 
     let plain = create("1s", 0).await;
-    let urgent = create("1s", 5).await;
+    let low = create("1s", -1).await;
     assert!(
         take(5).await.is_none(),
-        "a due row of another priority hands over to the ordered claim"
+        "a lower priority the ordered claim would take after the plain row hands over to it"
     );
     assert_eq!(row(&store, &plain).await["status"], "pending");
+    let (_, jobs) = take(1)
+        .await
+        .expect("a lower priority the limit leaves out does not hand over");
+    assert_eq!(jobs[0].id, plain);
+    assert_eq!(row(&store, &low).await["status"], "pending");
+
+    create("1s", 0).await;
+    let urgent = create("1s", 5).await;
+    assert!(
+        take(1).await.is_none(),
+        "a due row of a higher priority hands over to the ordered claim"
+    );
     assert_eq!(row(&store, &urgent).await["status"], "pending");
+}
+
+/// Two runners claiming the same backlog in one request each take disjoint sets of rows that
+/// together are the whole backlog: the server-side claim is the same compare-and-set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
+    use sp00ky_job_runner::job::claim::Claimer;
+    use sp00ky_job_runner::store::Look;
+    const JOBS: usize = 300;
+    let store = job_table().await;
+    store
+        .client()
+        .query(format!(
+            "FOR $n IN 0..{JOBS} {{ CREATE job SET path = '/spookify', payload = '{{}}', \
+               due_at = time::now() - 1s + duration::from_millis($n) }}"
+        ))
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    let narrow = Look {
+        from: None,
+        expired: false,
+    };
+    let drain = async |claimer: Claimer| {
+        let mut mine = Vec::new();
+        loop {
+            match claimer.look_and_take(&store, "job", 16, narrow).await {
+                Ok(Some((found, jobs))) => {
+                    if Claimer::found(&found) == 0 {
+                        return mine;
+                    }
+                    mine.extend(jobs.into_iter().map(|j| j.id.to_sql()));
+                }
+                Ok(None) => panic!("no other priority is due"),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let b = Claimer::new("runner-b", Duration::from_secs(60));
+    let (a, b) = tokio::join!(drain(claimer_a()), drain(b));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both runners claimed: {} and {}",
+        a.len(),
+        b.len()
+    );
+    let mut all: Vec<String> = a.iter().chain(&b).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), a.len() + b.len(), "a row was claimed twice");
+    assert_eq!(all.len(), JOBS, "every row was claimed");
 }
