@@ -14,7 +14,7 @@ use crate::config::limits;
 use crate::job::attempt::Stops;
 use crate::job::claim::{Claimer, Found};
 use crate::job::row::Job;
-use crate::store::StoreError;
+use crate::store::{Look, StoreError};
 
 impl Runner {
     /// How many of the rows `found` for backend `index` may be claimed (at most `room`), and how
@@ -111,15 +111,11 @@ impl Runner {
             let look = cursor.watermarks[index].look(std::time::Instant::now());
             let store = self.store();
             if backend.backend.rate_limit.is_none() && !look.expired {
-                // This request writes, so it cannot be abandoned like a look: do not start it
-                // once the shutdown has begun.
+                // It writes, so unlike a look it cannot be abandoned: none starts after a shutdown.
                 if shutdown.as_mut().now_or_never().is_some() {
                     return None;
                 }
-                let quick = self.claimers[index]
-                    .look_and_take(store, &backend.backend.table, room, look)
-                    .await;
-                if let Some(claimed) = self.took_at_once(index, room, quick, cursor) {
+                if let Some(claimed) = self.take_at_once(index, room, look, cursor).await {
                     let (claimed, conflict) = self.took(index, claimed);
                     more |= conflict || claimed.len() == room;
                     self.start(index, claimed, slots, jobs, stops, Duration::ZERO);
@@ -169,16 +165,20 @@ impl Runner {
         Some(more)
     }
 
-    /// What a look-and-claim in one request did for backend `index`: the watermark moves as
+    /// Looks and claims for backend `index` in one request; the watermark moves as
     /// after any look. `None` when rows of another priority were due, so the two-step claim,
     /// which orders them, must run instead, or when the request failed other than by a conflict.
-    fn took_at_once(
+    async fn take_at_once(
         &self,
         index: usize,
         room: usize,
-        quick: Result<Option<(Found, Vec<Job>)>, StoreError>,
+        look: Look,
         cursor: &mut Cursor,
     ) -> Option<Result<Vec<Job>, StoreError>> {
+        let table = &self.backends[index].backend.table;
+        let quick = self.claimers[index]
+            .look_and_take(self.store(), table, room, look)
+            .await;
         match quick {
             Ok(Some((found, claimed))) => {
                 cursor.watermarks[index].saw(&found, std::time::Instant::now());
