@@ -229,11 +229,7 @@ async fn jobs_claimed_ahead_hold_their_leases_while_they_wait() {
         waiting["assignee"], "ahead",
         "still held by its claimer: {waiting}"
     );
-    let called: Vec<String> = backend
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap().to_string())
-        .collect();
+    let called = backend.called_ids();
     assert_eq!(called, ["t0", "t1"], "claim order");
 
     // Stopping with no grace cancels the running call and releases the waiting job.

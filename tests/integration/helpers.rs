@@ -142,6 +142,14 @@ impl TestBackend {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    /// The `id` field of each JSON payload received, in the order the calls arrived.
+    pub fn called_ids(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap().to_string())
+            .collect()
+    }
 }
 
 async fn handle(

@@ -331,11 +331,7 @@ async fn rows_written_before_the_runner_starts_are_run_oldest_first() {
     }
     runner.stop().await;
 
-    let order: Vec<String> = backend
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap().to_string())
-        .collect();
+    let order = backend.called_ids();
     assert_eq!(order, ["t0", "t1", "t2", "t3", "t4"]);
 }
 

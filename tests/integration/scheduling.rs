@@ -152,11 +152,7 @@ async fn priorities_order_due_jobs() {
     })
     .await;
     runner.stop().await;
-    let order: Vec<String> = backend
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap().to_string())
-        .collect();
+    let order = backend.called_ids();
     assert_eq!(
         &order[..6],
         ["urgent", "high-1", "high-2", "mid-1", "mid-2", "plain-1"],
@@ -395,11 +391,7 @@ async fn a_priority_job_added_while_a_backlog_drains_runs_next() {
     })
     .await;
     runner.stop().await;
-    let order: Vec<String> = backend
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap().to_string())
-        .collect();
+    let order = backend.called_ids();
     let at = order.iter().position(|id| id == "urgent").unwrap();
     // One slot: at most the job in its call when the urgent one arrived runs before it.
     assert!(
