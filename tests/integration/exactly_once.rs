@@ -336,7 +336,7 @@ async fn one_request_claims_oldest_first_and_yields_to_other_priorities() {
 
     let (_, jobs) = take(5).await.expect("no other priority is due");
     let ids: Vec<_> = jobs.iter().map(|j| j.id.clone()).collect();
-    assert_eq!(ids, [third.clone()], "claimed rows are not taken again");
+    assert_eq!(ids, [third], "claimed rows are not taken again");
 
     let plain = create("1s", 0).await;
     let low = create("1s", -1).await;
