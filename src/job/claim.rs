@@ -16,7 +16,7 @@ use surrealdb::types::{RecordId, ToSql};
 use crate::config::limits::{self, RowLimits};
 use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::row::{Job, read_count, read_job};
-use crate::store::{Candidate, Claim, DueHint, DueRows, Look, Store, StoreError};
+use crate::store::{Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, Store, StoreError};
 
 /// Due rows seen by [`Claimer::find`], not yet taken.
 #[derive(Debug)]
@@ -226,14 +226,6 @@ impl Claimer {
         look: Look,
     ) -> Result<Option<(Found, Vec<Job>)>, StoreError> {
         debug_assert!(!look.expired, "expired leases take the two-step claim");
-        if limit == 0 {
-            let found = Found {
-                look,
-                candidates: Vec::new(),
-                backlog_from: None,
-            };
-            return Ok(Some((found, Vec::new())));
-        }
         let token = new_token();
         let claim = self.claim_for(&token);
         let now = self.now();
@@ -242,20 +234,8 @@ impl Claimer {
         if outcome.prioritised {
             return Ok(None);
         }
-        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> = outcome
-            .due
-            .candidates
-            .iter()
-            .map(|c| (c.id.to_sql(), c.due_at))
-            .collect();
-        let jobs = outcome
-            .claimed
-            .into_iter()
-            .map(|row| {
-                let due_at = due.get(&row.id.to_sql()).copied().flatten();
-                read_job(row, &token, due_at, &self.limits)
-            })
-            .collect();
+        let seen = outcome.due.candidates.iter().map(|c| (&c.id, c.due_at));
+        let jobs = self.read_claimed(outcome.claimed, &token, seen);
         let found = Found {
             look,
             candidates: outcome.due.candidates,
@@ -286,20 +266,29 @@ impl Claimer {
             return Ok(Vec::new());
         }
         let token = new_token();
-        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> = pending
-            .iter()
-            .map(|(id, due_at)| (id.to_sql(), *due_at))
-            .collect();
-        let ids: Vec<RecordId> = pending.into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<RecordId> = pending.iter().map(|(id, _)| id.clone()).collect();
         let claim = self.claim_for(&token);
         let rows = retry_conflicts(|| store.claim_pending(ids.clone(), &claim)).await?;
-        Ok(rows
-            .into_iter()
+        let seen = pending.iter().map(|(id, due_at)| (id, *due_at));
+        Ok(self.read_claimed(rows, &token, seen))
+    }
+
+    /// Reads the rows a claim with `token` won into jobs, each with the `due_at` it was seen
+    /// with before the claim moved it to the lease end (claim lag is measured from there).
+    fn read_claimed<'a>(
+        &self,
+        rows: Vec<ClaimedRow>,
+        token: &str,
+        seen: impl Iterator<Item = (&'a RecordId, Option<DateTime<Utc>>)>,
+    ) -> Vec<Job> {
+        let due: std::collections::HashMap<String, Option<DateTime<Utc>>> =
+            seen.map(|(id, due_at)| (id.to_sql(), due_at)).collect();
+        rows.into_iter()
             .map(|row| {
                 let due_at = due.get(&row.id.to_sql()).copied().flatten();
-                read_job(row, &token, due_at, &self.limits)
+                read_job(row, token, due_at, &self.limits)
             })
-            .collect())
+            .collect()
     }
 
     /// Takes over one row whose lease ran out, recording the lost attempt.

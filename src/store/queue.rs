@@ -110,13 +110,7 @@ impl Store {
     ) -> Result<DueRows, StoreError> {
         const STATEMENT: &str = "SELECT due rows";
         let table = Self::table(table)?;
-        // The planner takes one bound of `due_at` as the index range, the first it reads; the
-        // other is a filter. A narrow look's range is its lower bound.
-        let range = if look.from.is_some() {
-            "due_at >= $from AND due_at <= $now"
-        } else {
-            "due_at <= $now"
-        };
+        let range = due_range(look.from);
         let expired = if look.expired {
             format!(
                 "SELECT {CANDIDATE_FIELDS} FROM {table} \
@@ -191,11 +185,7 @@ impl Store {
     ) -> Result<LookAndClaim, StoreError> {
         const STATEMENT: &str = "SELECT due rows, then UPDATE $due WHERE status = 'pending'";
         let table = Self::table(table)?;
-        let range = if from.is_some() {
-            "due_at >= $from AND due_at <= $now"
-        } else {
-            "due_at <= $now"
-        };
+        let range = due_range(from);
         let query = self
             .db
             .query(format!(
@@ -211,10 +201,7 @@ impl Store {
                  RETURN $prioritised; \
                  RETURN $due; \
                  IF $prioritised = false AND array::len($due) > 0 {{ \
-                   UPDATE $due.id SET status = 'processing', assignee = $runner, \
-                     lease_token = $claim_token, \
-                     due_at = time::now() + duration::from_millis($lease_ms), updated_at = time::now() \
-                   WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER \
+                   UPDATE $due.id {CLAIM_PENDING} \
                  }} ELSE {{ [] }};"
             ))
             .bind(("now", now))
@@ -233,13 +220,7 @@ impl Store {
             .first()
             .filter(|_| seen.len() >= limit)
             .and_then(|c| c.due_at);
-        let claimed = claimed
-            .into_iter()
-            .map(|row| {
-                let (id, fields) = split_row(row, STATEMENT)?;
-                Ok(ClaimedRow { id, fields })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let claimed = claimed_rows(claimed, STATEMENT)?;
         Ok(LookAndClaim {
             prioritised: prioritised != Some(false),
             due: DueRows {
@@ -292,21 +273,12 @@ impl Store {
         }
         let query = self
             .db
-            .query(
-                "UPDATE $ids SET status = 'processing', assignee = $runner, lease_token = $claim_token, \
-                   due_at = time::now() + duration::from_millis($lease_ms), updated_at = time::now() \
-                 WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER",
-            )
+            .query(format!("UPDATE $ids {CLAIM_PENDING}"))
             .bind(("ids", ids))
             .bind(claim.bindings());
         let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
-        rows.into_iter()
-            .map(|row| {
-                let (id, fields) = split_row(row, STATEMENT)?;
-                Ok(ClaimedRow { id, fields })
-            })
-            .collect()
+        claimed_rows(rows, STATEMENT)
     }
 
     /// Takes over a processing row whose lease ran out. The lost attempt is recorded as a failure
@@ -542,6 +514,33 @@ impl Claim<'_> {
 /// `i64::MAX`).
 fn lease_millis(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The compare-and-set of a claim, after `UPDATE <ids>`: a row is taken only if it is still
+/// pending and due by the database's clock. The one-request claim and the claim by id share it.
+const CLAIM_PENDING: &str = "SET status = 'processing', assignee = $runner, \
+    lease_token = $claim_token, due_at = time::now() + duration::from_millis($lease_ms), \
+    updated_at = time::now() \
+    WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER";
+
+/// The `due_at` condition of a priority-0 look. The planner takes one bound of `due_at` as the
+/// index range, the first it reads; the other is a filter. A narrow look's range is its lower
+/// bound.
+fn due_range(from: Option<DateTime<Utc>>) -> &'static str {
+    if from.is_some() {
+        "due_at >= $from AND due_at <= $now"
+    } else {
+        "due_at <= $now"
+    }
+}
+
+fn claimed_rows(rows: Vec<Value>, statement: &'static str) -> Result<Vec<ClaimedRow>, StoreError> {
+    rows.into_iter()
+        .map(|row| {
+            let (id, fields) = split_row(row, statement)?;
+            Ok(ClaimedRow { id, fields })
+        })
+        .collect()
 }
 
 /// What the due query reads of a candidate row.

@@ -412,3 +412,79 @@ async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
     assert_eq!(all.len(), a.len() + b.len(), "a row was claimed twice");
     assert_eq!(all.len(), JOBS, "every row was claimed");
 }
+
+/// For any mix of priorities and due times, the one-request claim takes exactly the rows the
+/// ordered two-step claim takes, or hands over to it: the same tables (explicit ids), one
+/// claimed each way, compared.
+#[test]
+fn one_request_claims_take_what_the_ordered_claim_takes() {
+    use proptest::prelude::*;
+    use sp00ky_job_runner::job::claim::Watermark;
+    use sp00ky_job_runner::store::Look;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rows = prop::collection::vec((-2i64..=2, 1u32..120), 0..12);
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(rows in rows, limit in 1usize..10, weights in prop::collection::vec(0u32..3, 12))| {
+        // Mostly priority 0, as in practice; `weights` picks which rows keep their priority.
+        let rows: Vec<(i64, u32)> = rows
+            .iter()
+            .zip(&weights)
+            .map(|(&(priority, age), &w)| (if w == 0 { priority } else { 0 }, age))
+            .collect();
+        let (quick, ordered) = runtime.block_on(async {
+            let fill = async || {
+                let store = job_table().await;
+                for (n, (priority, age)) in rows.iter().enumerate() {
+                    store
+                        .client()
+                        .query(format!(
+                            "CREATE job:r{n} SET path = '/spookify', payload = '{{}}', \
+                             priority = {priority}, due_at = time::now() - {age}s"
+                        ))
+                        .await
+                        .unwrap()
+                        .check()
+                        .unwrap();
+                }
+                store
+            };
+            let narrow = Look { from: None, expired: false };
+            let quick = claimer_a()
+                .look_and_take(&fill().await, "job", limit, narrow)
+                .await
+                .unwrap()
+                .map(|(_, jobs)| jobs.into_iter().map(|j| j.id.to_sql()).collect::<Vec<_>>());
+            let mut watermark = Watermark::new(Duration::from_secs(60));
+            let ordered: Vec<String> = claimer_a()
+                .claim(&fill().await, "job", limit, &mut watermark, std::time::Instant::now())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id.to_sql())
+                .collect();
+            (quick, ordered)
+        });
+        match quick {
+            Some(quick) => {
+                let mut expected = ordered.clone();
+                expected.sort();
+                let mut got = quick.clone();
+                got.sort();
+                prop_assert_eq!(got, expected, "rows {:?}, limit {}", rows, limit);
+            }
+            None => {
+                // Handing over is right only when the ordered claim takes a row of another
+                // priority.
+                let other = ordered.iter().any(|id| {
+                    let n: usize = id.trim_start_matches("job:r").parse().unwrap();
+                    rows[n].0 != 0
+                });
+                prop_assert!(other, "handed over needlessly: rows {:?}, limit {}, ordered {:?}", rows, limit, ordered);
+            }
+        }
+    });
+}
