@@ -96,13 +96,16 @@ impl Runner {
         let mut more = false;
         cursor.capped = false;
         let count = self.backends.len();
+        // Start with a different backend each round, so one busy table cannot starve another:
+        // moved before any claim, as a round that fills the slots ends early.
+        let first = cursor.next_backend;
+        cursor.next_backend = (first + 1) % count.max(1);
         for offset in 0..count {
             let room = slots.room(jobs);
             if room == 0 {
                 return Some(true);
             }
-            // Start with a different backend each round so one busy table cannot starve another.
-            let index = (cursor.next_backend + offset) % count;
+            let index = (first + offset) % count;
             let backend = &self.backends[index];
             let room = self.turn_room(index, slots, jobs, cursor);
             if room == 0 {
@@ -161,7 +164,6 @@ impl Runner {
             more |= conflict || claimed.len() == room;
             self.start(index, claimed, slots, jobs, stops, wait);
         }
-        cursor.next_backend = (cursor.next_backend + 1) % count.max(1);
         Some(more)
     }
 

@@ -526,3 +526,23 @@ pub async fn app_user(
         .expect("record signup works");
     session
 }
+
+/// The backends of a `backends:` YAML document, with the fixture spec.
+pub fn runtimes_of(yaml: &str) -> Vec<BackendRuntime> {
+    let config = config::from_yaml(
+        yaml,
+        config::Origin::File("test.yml".into()),
+        &fixture(""),
+        &|_| None,
+        Default::default(),
+    )
+    .unwrap();
+    config
+        .backends
+        .into_iter()
+        .map(|backend| BackendRuntime {
+            routes: Routes::load(backend.spec.as_ref().unwrap()).unwrap(),
+            backend,
+        })
+        .collect()
+}

@@ -399,3 +399,53 @@ async fn a_priority_job_added_while_a_backlog_drains_runs_next() {
         "urgent ran {at}th, {called_before} had been called when it arrived: {order:?}"
     );
 }
+
+/// Backends take turns: with one slot and a backlog in each of two tables, the claim round starts
+/// with the other backend each time, so neither table waits for the other to drain. A round that
+/// fills the slots ends early; it must still pass the first turn on.
+#[tokio::test]
+async fn two_backlogs_take_turns_for_one_slot() {
+    const EACH: usize = 8;
+    let backend = TestBackend::ok().await;
+    let entry = |name: &str| {
+        format!(
+            "  {name}:\n    type: http\n    baseUrl: {}\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: {name}_job\n",
+            backend.url
+        )
+    };
+    let yaml = format!("backends:\n{}{}", entry("left"), entry("right"));
+    let store = mem_store().await;
+    sp00ky_job_runner::commands::prepare_tables(&store, &runtimes_of(&yaml))
+        .await
+        .unwrap();
+    for n in 0..EACH {
+        for side in ["left", "right"] {
+            let payload = json!({"id": format!("{side}-{n}")}).to_string();
+            insert_row(
+                &store,
+                &format!("{side}_job"),
+                json!({"path": "/spookify", "payload": payload}),
+            )
+            .await;
+        }
+    }
+    let mut options = fast_options("turns");
+    options.concurrency = 1;
+    let runner = start_runner(&store, runtimes_of(&yaml), options).await;
+    wait_until("every job to run", Duration::from_secs(30), || async {
+        backend.count() == 2 * EACH
+    })
+    .await;
+    runner.stop().await;
+    let order = backend.called_ids();
+    let first_half = &order[..EACH];
+    let left = first_half
+        .iter()
+        .filter(|id| id.starts_with("left"))
+        .count();
+    // Strict turns give EACH / 2 to each; one backend draining first gives EACH to one.
+    assert!(
+        (EACH / 2 - 1..=EACH / 2 + 1).contains(&left),
+        "the first {EACH} calls took {left} from one table: {order:?}"
+    );
+}

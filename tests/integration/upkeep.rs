@@ -213,27 +213,6 @@ async fn own_concurrency_holds(claim_ahead: usize) {
     runner.stop().await;
 }
 
-/// The backends of a `backends:` YAML document, with the fixture spec.
-fn runtimes_of(yaml: &str) -> Vec<sp00ky_job_runner::runner::BackendRuntime> {
-    let config = sp00ky_job_runner::config::from_yaml(
-        yaml,
-        sp00ky_job_runner::config::Origin::File("test.yml".into()),
-        &fixture(""),
-        &|_| None,
-        Default::default(),
-    )
-    .unwrap();
-    config
-        .backends
-        .into_iter()
-        .map(|backend| sp00ky_job_runner::runner::BackendRuntime {
-            routes: sp00ky_job_runner::job::validate::Routes::load(backend.spec.as_ref().unwrap())
-                .unwrap(),
-            backend,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rate_limit_holds_across_runners_in_every_second_the_backend_counts() {
     let backend = TestBackend::ok().await;
