@@ -96,8 +96,7 @@ impl Runner {
         let mut more = false;
         cursor.capped = false;
         let count = self.backends.len();
-        // Start with a different backend each round, so one busy table cannot starve another:
-        // moved before any claim, as a round that fills the slots ends early.
+        // A different backend first each round (set now: a round that fills the slots ends early).
         let first = cursor.next_backend;
         cursor.next_backend = (first + 1) % count.max(1);
         for offset in 0..count {
