@@ -212,6 +212,10 @@ impl Runner {
                 () = slots.freed.notified() => Woke::Freed,
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => Woke::Freed,
             };
+            // A finished task stays in the set until it is joined, and every task in the set
+            // counts against the room for claims: join them all, or each claim takes only what
+            // the loop happened to join one by one.
+            while jobs.try_join_next().is_some() {}
             if !self.worth_a_look(woke, &slots, &jobs, &mut cursor) {
                 continue;
             }

@@ -231,7 +231,12 @@ impl Store {
     where
         Q: IntoFuture<Output = surrealdb::Result<IndexedResults>>,
     {
-        match tokio::time::timeout(STATEMENT_TIMEOUT, query.into_future()).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, query.into_future()).await;
+        // For profiling a run (`RUST_LOG=sp00ky_job_runner::store=debug`): which requests a job
+        // costs and how long each waited on the database.
+        tracing::debug!(statement, micros = started.elapsed().as_micros() as u64, "request");
+        match outcome {
             Err(_) => {
                 self.health.mark_down();
                 Err(StoreError::Timeout { statement })

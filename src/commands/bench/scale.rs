@@ -117,7 +117,11 @@ impl Runners {
             .args(["--concurrency", &args.concurrency.to_string()])
             .args(["--claim-ahead", &args.claim_ahead.to_string()])
             .env_remove("SPKY_JOB_CONFIG")
-            .env("RUST_LOG", "warn")
+            // `SPKY_BENCH_RUNNER_LOG` sets the measured runners' `RUST_LOG` to profile them.
+            .env(
+                "RUST_LOG",
+                std::env::var("SPKY_BENCH_RUNNER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null());
         // Every runner flag reads a variable too; the measured runners take only the flags above.
         for (name, _) in std::env::vars_os() {
