@@ -235,7 +235,11 @@ impl Store {
         let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, query.into_future()).await;
         // For profiling a run (`RUST_LOG=sp00ky_job_runner::store=debug`): which requests a job
         // costs and how long each waited on the database.
-        tracing::debug!(statement, micros = started.elapsed().as_micros() as u64, "request");
+        tracing::debug!(
+            statement,
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
         match outcome {
             Err(_) => {
                 self.health.mark_down();
