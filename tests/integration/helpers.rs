@@ -527,6 +527,14 @@ pub async fn app_user(
     session
 }
 
+/// One entry of a `backends:` YAML document: backend `name` at `url`, its outbox table
+/// `<name>_job`, and `extra` (indented keys such as `    rateLimit: 5/s\n`).
+pub fn backend_entry(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    type: http\n    baseUrl: {url}\n    spec: ./openapi.yml\n{extra}    method:\n      type: outbox\n      table: {name}_job\n"
+    )
+}
+
 /// The backends of a `backends:` YAML document, with the fixture spec.
 pub fn runtimes_of(yaml: &str) -> Vec<BackendRuntime> {
     let config = config::from_yaml(

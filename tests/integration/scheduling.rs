@@ -407,13 +407,11 @@ async fn a_priority_job_added_while_a_backlog_drains_runs_next() {
 async fn two_backlogs_take_turns_for_one_slot() {
     const EACH: usize = 8;
     let backend = TestBackend::ok().await;
-    let entry = |name: &str| {
-        format!(
-            "  {name}:\n    type: http\n    baseUrl: {}\n    spec: ./openapi.yml\n    method:\n      type: outbox\n      table: {name}_job\n",
-            backend.url
-        )
-    };
-    let yaml = format!("backends:\n{}{}", entry("left"), entry("right"));
+    let yaml = format!(
+        "backends:\n{}{}",
+        backend_entry("left", &backend.url, ""),
+        backend_entry("right", &backend.url, "")
+    );
     let store = mem_store().await;
     sp00ky_job_runner::commands::prepare_tables(&store, &runtimes_of(&yaml))
         .await

@@ -159,15 +159,10 @@ async fn a_backend_with_its_own_concurrency_holds_no_more_when_jobs_are_claimed_
 async fn own_concurrency_holds(claim_ahead: usize) {
     let (slow_url, slow_calls) = counting_backend(Duration::from_millis(300)).await;
     let fast = TestBackend::ok().await;
-    let entry = |name: &str, url: &str, extra: &str| {
-        format!(
-            "  {name}:\n    type: http\n    baseUrl: {url}\n    spec: ./openapi.yml\n{extra}    method:\n      type: outbox\n      table: {name}_job\n"
-        )
-    };
     let yaml = format!(
         "backends:\n{}{}",
-        entry("slow", &slow_url, "    concurrency: 2\n"),
-        entry("fast", &fast.url, "")
+        backend_entry("slow", &slow_url, "    concurrency: 2\n"),
+        backend_entry("fast", &fast.url, "")
     );
     let runtimes = runtimes_of(&yaml);
     let store = mem_store().await;
@@ -270,15 +265,10 @@ async fn a_rate_limit_holds_across_runners_in_every_second_the_backend_counts() 
 async fn a_rate_limited_backend_gets_slots_while_another_backlog_waits_ahead() {
     let bulk = TestBackend::start(|_, _| Reply::ok().after(Duration::from_millis(100))).await;
     let limited = TestBackend::ok().await;
-    let entry = |name: &str, url: &str, extra: &str| {
-        format!(
-            "  {name}:\n    type: http\n    baseUrl: {url}\n    spec: ./openapi.yml\n{extra}    method:\n      type: outbox\n      table: {name}_job\n"
-        )
-    };
     let yaml = format!(
         "backends:\n{}{}",
-        entry("bulk", &bulk.url, ""),
-        entry("limited", &limited.url, "    rateLimit: 50/s\n")
+        backend_entry("bulk", &bulk.url, ""),
+        backend_entry("limited", &limited.url, "    rateLimit: 50/s\n")
     );
     let store = mem_store().await;
     sp00ky_job_runner::commands::prepare_tables(&store, &runtimes_of(&yaml))
