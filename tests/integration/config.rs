@@ -67,30 +67,21 @@ fn documented_shape_loads_and_skips_non_outbox_backends() {
     assert!(!api.timeout_overridable);
 }
 
-/// Sp00ky's own example project (shared/fixtures) loads with its spec, laid out as it expects.
+/// A project laid out as the current Sp00ky CLI lays it out (tests/fixtures/sp00ky-project, in
+/// the shape of Sp00ky's example project) loads with its spec, resolved relative to the file.
 #[test]
-fn sp00ky_example_project_loads() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sp00ky-example");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("api")).unwrap();
-    std::fs::copy(example.join("sp00ky.yml"), dir.path().join("sp00ky.yml"))
-        .expect("shared fixture is present");
-    std::fs::copy(
-        example.join("openapi.yml"),
-        dir.path().join("api/openapi.yml"),
-    )
-    .unwrap();
+fn sp00ky_project_layout_loads() {
     let config = config::load(
-        &dir.path().join("sp00ky.yml"),
+        &fixture("sp00ky-project/sp00ky.yml"),
         &|_| None,
         RetryPolicy::default(),
     )
     .unwrap();
-    assert_eq!(config.backends.len(), 1);
-    let api = &config.backends[0];
-    assert_eq!((api.name.as_str(), api.table.as_str()), ("api", "job"));
-    let routes = Routes::load(api.spec.as_ref().unwrap()).unwrap();
-    assert_eq!(routes.describe(), ["POST /spookify (validated)"]);
+    assert_eq!(config.backends.len(), 1, "the frontend app is not a backend");
+    let worker = &config.backends[0];
+    assert_eq!((worker.name.as_str(), worker.table.as_str()), ("worker", "job"));
+    let routes = Routes::load(worker.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(routes.describe(), ["POST /summarize (validated)"]);
 }
 
 #[test]
