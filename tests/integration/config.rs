@@ -77,9 +77,16 @@ fn sp00ky_project_layout_loads() {
         RetryPolicy::default(),
     )
     .unwrap();
-    assert_eq!(config.backends.len(), 1, "the frontend app is not a backend");
+    assert_eq!(
+        config.backends.len(),
+        1,
+        "the frontend app is not a backend"
+    );
     let worker = &config.backends[0];
-    assert_eq!((worker.name.as_str(), worker.table.as_str()), ("worker", "job"));
+    assert_eq!(
+        (worker.name.as_str(), worker.table.as_str()),
+        ("worker", "job")
+    );
     let routes = Routes::load(worker.spec.as_ref().unwrap()).unwrap();
     assert_eq!(routes.describe(), ["POST /summarize (validated)"]);
 }
