@@ -138,14 +138,21 @@ async fn dev_mode_runs_and_stops_every_backend() {
         "string form runs from the project root: {all:?}"
     );
 
-    let pid = |file: &str| -> i32 {
+    // Each child prints its line before it writes its pid: wait for the number, not the file.
+    let pid = |file: &str| -> Option<i32> {
         std::fs::read_to_string(root.join(file))
-            .unwrap()
+            .ok()?
             .trim()
             .parse()
-            .unwrap()
+            .ok()
     };
-    let (alpha, beta) = (pid("alpha.pid"), pid("beta.pid"));
+    wait_until(
+        "both children wrote their pid",
+        Duration::from_secs(10),
+        || async { pid("alpha.pid").is_some() && pid("beta.pid").is_some() },
+    )
+    .await;
+    let (alpha, beta) = (pid("alpha.pid").unwrap(), pid("beta.pid").unwrap());
     let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
     assert!(alive(alpha) && alive(beta));
 
