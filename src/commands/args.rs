@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::limits::{self, FlagDuration};
 use crate::job::retry::Strategy;
+use crate::store::{Finished, JobStatus};
 
 /// Executes Sp00ky outbox jobs stored in SurrealDB.
 #[derive(Debug, Parser)]
@@ -97,22 +98,6 @@ pub struct RunnerAddress {
     pub listen: std::net::SocketAddr,
 }
 
-/// A job's status, as the contract spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum JobStatus {
-    Pending,
-    Processing,
-    Success,
-    Failed,
-}
-
-/// The statuses a finished job can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FinishedStatus {
-    Success,
-    Failed,
-}
-
 /// The only status whose jobs can be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FailedStatus {
@@ -165,7 +150,7 @@ pub enum JobsCommand {
         #[arg(long)]
         table: Option<String>,
         #[arg(long, value_enum)]
-        status: FinishedStatus,
+        status: Finished,
         #[arg(long)]
         path: Option<String>,
         /// e.g. 7d, 12h.
@@ -217,9 +202,6 @@ pub struct RunArgs {
     /// Process every job due now, then exit: 0 when none was left `processing`.
     #[arg(long, env = "SPKY_RUNNER_ONCE")]
     pub once: bool,
-    /// The admin token `dev` made for its run (never a flag: it is kept in memory).
-    #[arg(skip)]
-    pub made_token: Option<secrecy::SecretString>,
 }
 
 impl Default for RunArgs {

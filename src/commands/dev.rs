@@ -28,18 +28,15 @@ const COLOURS: [&str; 6] = ["36", "35", "33", "32", "34", "31"];
 const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `run` with every backend's dev command beside it.
-pub async fn dev(
-    global: &GlobalArgs,
-    mut args: RunArgs,
-    env: EnvLookup<'_>,
-) -> Result<(), AppError> {
+pub async fn dev(global: &GlobalArgs, args: RunArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
     // Before any child starts: Ctrl+C at any moment stops them all.
     let shutdown = service::shutdown_signal();
     let config = config::load(&global.config, env, RetryPolicy::default())?;
     let db = settings::db_settings(global, &config.database, env);
-    // Removes the token file however `dev` ends (a child that cannot start included).
-    let _token_file = if args.admin_token_file.is_none() && env("SPKY_RUNNER_ADMIN_TOKEN").is_none()
-    {
+    // The token this run makes stays in memory (the runner gets it as an argument, never as a
+    // flag); its file is removed however `dev` ends (a child that cannot start included).
+    let make_token = args.admin_token_file.is_none() && env("SPKY_RUNNER_ADMIN_TOKEN").is_none();
+    let (made_token, _token_file) = if make_token {
         let file = dev_token_file(&global.config);
         let token = write_dev_token(&file).map_err(|e| {
             AppError::Usage(format!(
@@ -51,10 +48,9 @@ pub async fn dev(
             token_file = %file.display(),
             "made an admin token for this run: sign in to the dashboard with it (`cat` the file); the CLI's `jobs` and `enqueue` find it there"
         );
-        args.made_token = Some(token);
-        Some(TokenFile(file))
+        (Some(token), Some(TokenFile(file)))
     } else {
-        None
+        (None, None)
     };
     let colour = std::io::stdout().is_terminal() && env("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut children = Vec::new();
@@ -81,7 +77,7 @@ pub async fn dev(
         })?;
         children.push(supervise(child, prefix));
     }
-    let result = service::run(global, args, env, shutdown).await;
+    let result = service::run_with_token(global, args, env, made_token, shutdown).await;
     for child in children {
         child.stop().await;
     }

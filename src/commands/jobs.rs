@@ -19,7 +19,7 @@ use crate::config::EnvLookup;
 use crate::job::retry::RetryPolicy;
 use crate::ops::admin::{Admin, EnqueueRequest, ListQuery};
 use crate::ops::bulk::{BulkDelete, BulkRetry};
-use crate::store::StoreError;
+use crate::store::{JobStatus, StoreError};
 
 /// Who carries out a verb: the database itself, or the runner that holds it.
 enum Operator {
@@ -124,7 +124,7 @@ impl From<JobsCommand> for Verb {
                 cursor,
             } => Verb::List(ListQuery {
                 table,
-                status: status.map(|s| value_name(&s)),
+                status: status.map(|s| s.as_str().to_string()),
                 path,
                 q: text,
                 limit: Some(limit),
@@ -140,7 +140,7 @@ impl From<JobsCommand> for Verb {
                 ..
             } => Verb::RetryMatching(BulkRetry {
                 table,
-                status: Some("failed".into()),
+                status: Some(JobStatus::Failed.as_str().to_string()),
                 path,
                 since,
             }),
@@ -152,21 +152,12 @@ impl From<JobsCommand> for Verb {
                 older_than,
             } => Verb::DeleteMatching(BulkDelete {
                 table,
-                status: value_name(&status),
+                status: status.as_str().to_string(),
                 path,
                 older_than,
             }),
         }
     }
-}
-
-/// How an enumerated option is spelled on the command line, which is how the API spells it.
-fn value_name(value: &impl clap::ValueEnum) -> String {
-    value
-        .to_possible_value()
-        .expect("no value is hidden")
-        .get_name()
-        .to_string()
 }
 
 async fn direct(admin: &Admin, verb: Verb) -> Result<Value, AppError> {

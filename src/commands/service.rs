@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::args::{GlobalArgs, RunArgs};
 use super::error::AppError;
@@ -82,6 +84,18 @@ pub async fn run(
     env: EnvLookup<'_>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
+    run_with_token(global, args, env, None, shutdown).await
+}
+
+/// `run`, with the admin token `dev` made for this run (kept in memory, never a flag); `None`
+/// reads `--admin-token-file` or `SPKY_RUNNER_ADMIN_TOKEN`.
+pub async fn run_with_token(
+    global: &GlobalArgs,
+    args: RunArgs,
+    env: EnvLookup<'_>,
+    made_token: Option<SecretString>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
     let retry = RetryPolicy {
         base: args.retry_base.0,
         cap: args.retry_cap.0.max(args.retry_base.0),
@@ -96,7 +110,10 @@ pub async fn run(
                     .into(),
         }));
     }
-    let admin_token = admin_token(&args, env)?;
+    let admin_token = match made_token {
+        Some(token) => Some(token),
+        None => admin_token(&args, env)?,
+    };
     let listener = bind_listener(&args, admin_token.as_ref()).await?;
     let listen_error = |source| AppError::Listen {
         addr: args.listen,
@@ -142,34 +159,19 @@ async fn serve(
     let planned = planned_schedules(&backends);
     let runner = Runner::new(store.clone(), backends, options);
     let status = runner.status();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The dashboard counts every row of every table: at most every 2 s, however short the poll.
-    let refresh = args.poll_interval.0.max(std::time::Duration::from_secs(2));
-    let ops = OpsState::new(
-        store.clone(),
-        status.clone(),
-        Admin::new(store.clone(), runner.backends()),
-        admin_token,
-        refresh,
-    )
-    .with_stop(stop_rx.clone());
-    if ops.admin_token.is_none() {
-        tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
-    }
-    let mut server = tokio::spawn(crate::ops::listener::serve(
-        listener,
-        ops,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(notify_systemd(status.clone(), stopped(stop_rx.clone())));
+    // One signal stops everything; each task ends what it holds on its way out.
+    let stop = CancellationToken::new();
+    let mut server = spawn_listener(listener, &store, &runner, args, admin_token, &stop);
+    let mut side = JoinSet::new();
+    side.spawn(notify_systemd(status.clone(), stop.clone()));
     let tables: Vec<String> = backends_tables(&runner);
     let runner_id = status.runner_id.clone();
     // `--once` runs what is due when it starts; a schedule's later ticks are not that.
     if !args.once {
-        spawn_periodic(&store, &runner, planned, &stop_rx);
+        spawn_periodic(&mut side, &store, &runner, planned, &stop);
     }
     let due_by = chrono::Utc::now();
-    let running = runner.run(stopped(stop_rx));
+    let running = runner.run_until(stop.clone());
     tokio::pin!(running);
     let drained = async {
         match args.once {
@@ -179,16 +181,18 @@ async fn serve(
     };
     tokio::select! {
         () = shutdown.as_mut() => {
-            let _ = stop_tx.send(true);
+            stop.cancel();
             running.await;
         }
         () = drained => {
             tracing::info!("--once: every job due at the start was processed");
-            let _ = stop_tx.send(true);
+            stop.cancel();
             running.await;
         }
         () = &mut running => {}
     }
+    stop.cancel();
+    join_side_tasks(side).await;
     // Live feeds end on the stop signal; anything else still open gets a few seconds.
     if tokio::time::timeout(std::time::Duration::from_secs(5), &mut server)
         .await
@@ -202,37 +206,82 @@ async fn serve(
     }
 }
 
+/// Serves the operations listener (health, metrics, admin API, dashboard) until `stop`.
+fn spawn_listener(
+    listener: tokio::net::TcpListener,
+    store: &Store,
+    runner: &Runner,
+    args: &RunArgs,
+    admin_token: Option<SecretString>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    // The dashboard counts every row of every table: at most every 2 s, however short the poll.
+    let refresh = args.poll_interval.0.max(std::time::Duration::from_secs(2));
+    let ops = OpsState::new(
+        store.clone(),
+        runner.status(),
+        Admin::new(store.clone(), runner.backends()),
+        admin_token,
+        refresh,
+    )
+    .with_stop(stop.clone());
+    if ops.admin_token.is_none() {
+        tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
+    }
+    tokio::spawn(crate::ops::listener::serve(
+        listener,
+        ops,
+        stop.clone().cancelled_owned(),
+    ))
+}
+
+/// Waits for the scheduler, retention and systemd notifications to see the stop; one that is
+/// stuck on an unreachable database is aborted after 10 s (what it was doing is safe to cut:
+/// each writes in single transactions).
+async fn join_side_tasks(mut side: JoinSet<()>) {
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(joined) = side.join_next().await {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a side task (scheduler, retention or systemd notify) panicked");
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!("side tasks did not stop within 10 s; cancelling them");
+        side.abort_all();
+    }
+}
+
 /// The scheduler and retention, each when some backend needs it, until `stop`.
 fn spawn_periodic(
+    side: &mut JoinSet<()>,
     store: &Store,
     runner: &Runner,
     planned: Vec<Planned>,
-    stop: &tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) {
     if !planned.is_empty() {
-        tokio::spawn(scheduler::run(
+        side.spawn(scheduler::run(
             store.clone(),
             planned,
-            stopped(stop.clone()),
+            stop.clone().cancelled_owned(),
         ));
     }
     let kept = kept_backends(runner);
     if !kept.is_empty() {
         let status = runner.status();
-        tokio::spawn(crate::runner::retention::run(
+        side.spawn(crate::runner::retention::run(
             store.clone(),
             kept,
             status.runner_id.clone(),
             status.metrics.clone(),
             crate::config::limits::RETENTION_EVERY,
-            stopped(stop.clone()),
+            stop.clone().cancelled_owned(),
         ));
     }
-}
-
-/// Completes once `stop` turns true (or its sender is gone).
-async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// The backends with a `retention:` setting.
@@ -373,9 +422,6 @@ fn planned_schedules(backends: &[BackendRuntime]) -> Vec<Planned> {
 
 /// The admin token from `--admin-token-file` or `SPKY_RUNNER_ADMIN_TOKEN`.
 fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString>, AppError> {
-    if let Some(made) = &args.made_token {
-        return Ok(Some(made.clone()));
-    }
     let token = match &args.admin_token_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             AppError::Config(ConfigError {
@@ -395,10 +441,7 @@ fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString
 /// Tells systemd (when it started us with `Type=notify`) READY once the live queries are armed,
 /// WATCHDOG while the main loop goes round, and STOPPING at shutdown. Without NOTIFY_SOCKET every
 /// call is a no-op.
-async fn notify_systemd(
-    status: Arc<RunnerStatus>,
-    stopping: impl std::future::Future<Output = ()>,
-) {
+async fn notify_systemd(status: Arc<RunnerStatus>, stop: CancellationToken) {
     use sd_notify::NotifyState;
     let armed = async {
         while !status.live_queries_armed() {
@@ -406,14 +449,15 @@ async fn notify_systemd(
         }
     };
     // Live queries may be unavailable (an http:// endpoint): then polling alone serves.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), armed).await;
-    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    let armed = tokio::time::timeout(std::time::Duration::from_secs(5), armed);
+    if stop.run_until_cancelled(armed).await.is_some() {
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    }
     let watchdog = sd_notify::watchdog_enabled();
-    tokio::pin!(stopping);
     loop {
         let every = watchdog.map_or(std::time::Duration::from_secs(3600), |w| w / 3);
         tokio::select! {
-            () = &mut stopping => break,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(every) => {
                 if let Some(limit) = watchdog
                     && status.loop_alive(limit / 2)

@@ -86,7 +86,7 @@ pub fn load_backends(
 
 /// How long a one-shot command (`check`, `schema`, `enqueue`, `jobs`) waits for a database server
 /// that does not answer yet; `run` waits forever. `--connect-timeout` sets both.
-pub const ONE_SHOT_WAIT: Duration = Duration::from_secs(30);
+pub const ONE_SHOT_WAIT: Duration = crate::config::limits::CONNECT_TIMEOUT.default;
 
 /// Connects with the merged settings and checks the namespace and database exist. A server that
 /// does not answer yet (started after the runner, as `spky dev`, Compose and systemd may do) is

@@ -13,7 +13,34 @@ pub struct DurationSetting {
     pub max: Duration,
 }
 
+/// A duration setting that is off unless set: only the range it must lie in, so no default
+/// exists for anything to read by mistake.
+#[derive(Debug, Clone, Copy)]
+pub struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+}
+
 impl DurationSetting {
+    /// `500ms`, `15s`, `5m`, `1h` (a bare number is seconds), within the range.
+    pub fn parse(&self, text: &str) -> Result<Duration, String> {
+        self.range().parse(text)
+    }
+
+    /// The value, or why it is outside the range.
+    pub fn check(&self, value: Duration) -> Result<Duration, String> {
+        self.range().check(value)
+    }
+
+    const fn range(&self) -> DurationRange {
+        DurationRange {
+            min: self.min,
+            max: self.max,
+        }
+    }
+}
+
+impl DurationRange {
     /// `500ms`, `15s`, `5m`, `1h` (a bare number is seconds), within the range.
     pub fn parse(&self, text: &str) -> Result<Duration, String> {
         let text = text.trim();
@@ -99,8 +126,10 @@ pub const DELAY: DurationSetting = DurationSetting {
     max: secs(365 * 24 * 3600),
 };
 
-/// `--connect-timeout`: how long to wait for a database server (no default here: forever for
-/// `run`, 30 s for one-shot commands).
+/// `--connect-timeout`: how long to wait for a database server that does not answer yet. The
+/// flag has no default, because `run` waits forever without it; this `default` is the wait of
+/// the one-shot commands (`check`, `schema`, `enqueue`, `jobs`), read as
+/// `commands::settings::ONE_SHOT_WAIT`.
 pub const CONNECT_TIMEOUT: DurationSetting = DurationSetting {
     default: secs(30),
     min: millis(100),
@@ -114,11 +143,9 @@ pub const BENCH_PICKUP: DurationSetting = DurationSetting {
     max: secs(3600),
 };
 
-/// `--concurrency`: backend calls running at once.
 /// `retention.success` / `retention.failed`: how long a finished row is kept. No default: off
 /// unless set (a Sp00ky app may read its finished jobs).
-pub const RETENTION: DurationSetting = DurationSetting {
-    default: secs(7 * 24 * 3600),
+pub const RETENTION: DurationRange = DurationRange {
     min: secs(60),
     max: secs(10 * 366 * 24 * 3600),
 };
@@ -132,6 +159,7 @@ pub const RETENTION_BATCH: usize = 10_000;
 /// the window, so a call that leaves up to this late still lands inside its own window.
 pub const RATE_LEAD: Duration = millis(50);
 
+/// `--concurrency`: backend calls running at once.
 pub const CONCURRENCY: usize = 32;
 /// The range of `--concurrency`.
 pub const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=10_000;

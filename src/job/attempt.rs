@@ -38,6 +38,8 @@ pub trait Observer: Send + Sync {
     fn ended(&self);
     /// `decision` was written for an attempt that took `elapsed`.
     fn recorded(&self, backend: &str, job: &Job, decision: &Decision, elapsed: Duration);
+    /// An attempt of a job of `backend` panicked (a defect of the runner, never of the job).
+    fn panicked(&self, backend: &str);
 }
 
 /// How an attempt ended.
@@ -198,20 +200,68 @@ pub async fn holding_lease<T>(
     }
 }
 
-/// Puts a job whose call shutdown cancelled back to `pending`, without spending an attempt.
-async fn release(store: &Store, job: &Job) -> Outcome {
-    match store.release(&job.id, &job.token).await {
-        Ok(true) => {
-            tracing::info!(job = %job.display_id, "released unfinished job back to pending")
-        }
-        Ok(false) => {
-            tracing::warn!(job = %job.display_id, "could not release: the lease was already gone")
-        }
-        Err(e) => {
-            tracing::warn!(job = %job.display_id, error = %e, "could not release; the lease will expire")
+/// [`run`], with a panic inside the attempt caught: it is logged with the job's id, counted,
+/// and the row is released at once instead of waiting for its lease to run out. (A panic is a
+/// defect of the runner, not of the job, so it spends no attempt.)
+pub async fn run_caught<S>(
+    attempts: &Attempts,
+    backend: &Backend,
+    routes: &Routes,
+    job: Job,
+    stops: Stops,
+    slot: impl std::future::Future<Output = S>,
+) {
+    use futures::FutureExt;
+    let held = Held::of(&job);
+    let attempt = std::panic::AssertUnwindSafe(run(attempts, backend, routes, job, stops, slot));
+    let Err(panic) = attempt.catch_unwind().await else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(job = %held.display_id, backend = %backend.name, panic = %message, "the attempt panicked; releasing the job");
+    attempts.observer.panicked(&backend.name);
+    release_held(&attempts.store, &held).await;
+}
+
+/// What releasing a claimed row needs, kept apart from the [`Job`] an attempt consumes.
+struct Held {
+    id: surrealdb::types::RecordId,
+    token: String,
+    display_id: String,
+}
+
+impl Held {
+    fn of(job: &Job) -> Held {
+        Held {
+            id: job.id.clone(),
+            token: job.token.clone(),
+            display_id: job.display_id.clone(),
         }
     }
+}
+
+/// Puts a job whose call shutdown cancelled back to `pending`, without spending an attempt.
+async fn release(store: &Store, job: &Job) -> Outcome {
+    release_held(store, &Held::of(job)).await;
     Outcome::Released
+}
+
+async fn release_held(store: &Store, held: &Held) {
+    match store.release(&held.id, &held.token).await {
+        Ok(true) => {
+            tracing::info!(job = %held.display_id, "released unfinished job back to pending")
+        }
+        Ok(false) => {
+            tracing::warn!(job = %held.display_id, "could not release: the lease was already gone")
+        }
+        Err(e) => {
+            tracing::warn!(job = %held.display_id, error = %e, "could not release; the lease will expire")
+        }
+    }
 }
 
 /// Tells the observer the task ended, on every exit path.

@@ -16,7 +16,9 @@ use surrealdb::types::{RecordId, ToSql};
 use crate::config::limits::{self, RowLimits};
 use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::row::{Job, read_count, read_job};
-use crate::store::{Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, Store, StoreError};
+use crate::store::{
+    Candidate, Claim, ClaimedRow, DueHint, DueRows, JobStatus, Look, Store, StoreError,
+};
 
 /// Due rows seen by [`Claimer::find`], not yet taken.
 #[derive(Debug)]
@@ -176,7 +178,7 @@ impl Claimer {
         }
         let (expired, pending): (Vec<Candidate>, Vec<Candidate>) = candidates
             .into_iter()
-            .partition(|c| c.status == "processing");
+            .partition(|c| c.status == Some(JobStatus::Processing));
         let mut jobs = Vec::new();
         let mut failed = None;
         // Rescues are independent (each reads its row and takes it with its own token), so they

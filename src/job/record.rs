@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::job::failure::{Failure, TrimPlan};
 use crate::job::retry::{RetryPolicy, Strategy};
 use crate::job::row::Job;
-use crate::store::{Store, StoreError, WriteBack};
+use crate::store::{JobStatus, Store, StoreError, WriteBack};
 
 /// What an attempt ends as, before it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,11 +44,13 @@ impl Decision {
         }
     }
 
-    pub fn status(&self) -> &'static str {
+    /// The row's `status` after this write: what the activity feed shows and what the metrics
+    /// count as finished. A retry puts the job back to `pending`.
+    pub fn status(&self) -> JobStatus {
         match self {
-            Decision::Success => "success",
-            Decision::Retry { .. } => "pending",
-            Decision::Failed { .. } => "failed",
+            Decision::Success => JobStatus::Success,
+            Decision::Retry { .. } => JobStatus::Pending,
+            Decision::Failed { .. } => JobStatus::Failed,
         }
     }
 }
@@ -268,6 +270,7 @@ mod tests {
         let decision = decide(&job, Ok(()), &POLICY, Utc::now());
         assert_eq!(decision, Decision::Success);
         assert_eq!(decision.retries_after(&job), 2);
+        assert_eq!(decision.status(), JobStatus::Success);
     }
 
     #[test]
@@ -311,6 +314,12 @@ mod tests {
             now,
         );
         assert!(matches!(last, Decision::Failed { .. }), "{last:?}");
+        assert_eq!(
+            first.status(),
+            JobStatus::Pending,
+            "a retry waits as pending"
+        );
+        assert_eq!(last.status(), JobStatus::Failed);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Rows are untrusted. A row whose fields cannot be read is still claimed (so it cannot stall
 //! the queue) and carries its problem in [`Job::row`], which the record step writes as a `row`
-//! failure.
+//! failure. The same reader ([`read_row`]) checks a job before `enqueue` writes it, so one
+//! contract holds at both ends: what the claim would refuse is refused at enqueue, in the same
+//! words.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -84,7 +86,10 @@ pub fn read_job(
     }
 }
 
-fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
+/// The client-written fields of a row, within its backend's `limits`. The claim reads every row
+/// with it, and enqueue checks a new job's fields with it before writing them (with the payload
+/// as [`payload_text`] stores it), so no limit applies at one end only.
+pub fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
     let bad = |message: String| Failure::new(FailureKind::Row, message);
     let path = match fields.get("path") {
         Some(Value::String(path)) => path.clone(),
@@ -132,7 +137,9 @@ fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
                 .filter(|s| limits::TIMEOUT_RANGE_SECS.contains(s))
                 .ok_or_else(|| {
                     bad(format!(
-                        "`timeout` must be 1 to 3600 seconds, got {}",
+                        "`timeout` must be {} to {} seconds, got {}",
+                        limits::TIMEOUT_RANGE_SECS.start(),
+                        limits::TIMEOUT_RANGE_SECS.end(),
                         excerpt(&value.to_string(), 40)
                     ))
                 })?,
@@ -146,6 +153,16 @@ fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
         strategy,
         timeout,
     })
+}
+
+/// The text a new job's payload is written as (Sp00ky's client stores a JSON string): a string
+/// as given, anything else as JSON. [`read_payload`] measures exactly this text, so the size
+/// checked at enqueue is the size the claim finds.
+pub fn payload_text(payload: Value) -> String {
+    match payload {
+        Value::String(text) => text,
+        other => other.to_string(),
+    }
 }
 
 /// The payload within the size limit, parsed when it is a JSON string (what Sp00ky's client
@@ -250,6 +267,26 @@ mod tests {
         assert_eq!(row.max_retries, 25);
         let row = read_row(&json!({"path": "/x", "max_retries": 2}), &limits).unwrap();
         assert_eq!(row.max_retries, 2);
+    }
+
+    #[test]
+    fn a_payload_is_measured_as_it_is_stored() {
+        let limits = RowLimits {
+            payload_bytes: 1024,
+            max_retries: 25,
+        };
+        let value = json!({"big": "y".repeat(1100)});
+        let text = payload_text(value.clone());
+        assert_eq!(text, value.to_string());
+        for payload in [value, Value::String(text)] {
+            let err = read_row(&json!({"path": "/x", "payload": payload}), &limits).unwrap_err();
+            assert_eq!(err.kind, FailureKind::Row);
+        }
+        // A JSON string is kept as given, so its own length is what the claim will measure.
+        let spaced = format!("{{\"a\": 1{}}}", " ".repeat(1100));
+        assert_eq!(payload_text(Value::String(spaced.clone())), spaced);
+        let err = read_row(&json!({"path": "/x", "payload": spaced}), &limits).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Row);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use surrealdb::types::{RecordId, ToSql};
 use crate::config::limits;
 use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::retry::Strategy;
+use crate::job::row;
 use crate::runner::BackendRuntime;
-use crate::store::{JobFilter, NewJob, PageKey, Store, StoreError};
+use crate::store::{JobFilter, JobStatus, NewJob, PageKey, Store, StoreError};
 
 /// Why an action was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -79,28 +80,25 @@ impl Admin {
         Admin { store, backends }
     }
 
-    /// Creates a job after the checks `db.run` makes: the route exists and the payload validates.
+    /// Creates a job after the checks `db.run` makes (the route exists, the payload validates),
+    /// having read its fields with the claim's own reader within the backend's `limits`: a job
+    /// the claim would fail as unreadable is refused here instead, with the claim's words.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<RecordId, AdminError> {
         let runtime = self.backend(&request.backend)?;
-        // A JSON string payload is what the Sp00ky client stores; accept it the same way.
-        let payload = match &request.payload {
-            Value::String(text) => serde_json::from_str(text).map_err(|e| {
-                AdminError::BadRequest(format!("payload is a string but not JSON: {e}"))
-            })?,
-            other => other.clone(),
-        };
+        let payload = row::payload_text(request.payload);
+        let fields = json!({
+            "path": &request.path,
+            "payload": &payload,
+            "max_retries": request.max_retries,
+            "retry_strategy": request.retry_strategy.map(Strategy::as_str),
+            "timeout": request.timeout,
+        });
+        let checked = row::read_row(&fields, &runtime.backend.row_limits)
+            .map_err(|failure| AdminError::BadRequest(failure.reason))?;
         runtime
             .routes
-            .prepare(&runtime.backend.base_url, &request.path, payload.clone())
+            .prepare(&runtime.backend.base_url, &checked.path, checked.payload)
             .map_err(|failure| AdminError::BadRequest(failure.reason))?;
-        let retry_strategy = request.retry_strategy.unwrap_or_default().as_str();
-        if let Some(timeout) = request.timeout
-            && !limits::TIMEOUT_RANGE_SECS.contains(&u64::from(timeout))
-        {
-            return Err(AdminError::BadRequest(
-                "timeout must be 1 to 3600 seconds".into(),
-            ));
-        }
         let assigned_to = request
             .assigned_to
             .as_deref()
@@ -122,9 +120,9 @@ impl Admin {
                 &runtime.backend.table,
                 NewJob {
                     path: request.path,
-                    payload: payload.to_string(),
+                    payload,
                     max_retries: request.max_retries.unwrap_or(limits::MAX_RETRIES),
-                    retry_strategy,
+                    retry_strategy: checked.strategy.as_str(),
                     timeout: request.timeout,
                     assigned_to,
                     delay_ms: request.delay_ms.unwrap_or(0),
@@ -183,9 +181,11 @@ impl Admin {
     /// One page: `{jobs, next_cursor}`; `next_cursor` is absent on the last page.
     pub async fn list(&self, query: ListQuery) -> Result<Value, AdminError> {
         let table = self.table(query.table.as_deref())?;
-        if let Some(status) = &query.status {
-            check_status(status, &["pending", "processing", "success", "failed"])?;
-        }
+        let status = query
+            .status
+            .as_deref()
+            .map(|status| parse_status(status, &JobStatus::ALL))
+            .transpose()?;
         let limit = query.limit.unwrap_or(50);
         if limit == 0 || limit > MAX_PAGE {
             return Err(AdminError::BadRequest(format!(
@@ -198,7 +198,7 @@ impl Admin {
             .map(|c| self.page_key(c))
             .transpose()?;
         let filter = JobFilter {
-            status: query.status,
+            status,
             path: query.path.filter(|p| !p.is_empty()),
             text: query.q.filter(|q| !q.is_empty()),
             ..JobFilter::default()
@@ -259,7 +259,7 @@ impl Admin {
         let id = self.job_id(id)?;
         match self.store.retry_failed(&id).await? {
             Some(row) => Ok(row),
-            None => Err(self.state_conflict(&id, "failed", "retried").await),
+            None => Err(self.state_conflict(&id, JobStatus::Failed, "retried").await),
         }
     }
 
@@ -275,11 +275,13 @@ impl Admin {
             .with_trim(trim.as_ref().map(TrimPlan::as_trim));
         match self.store.cancel_pending(&id, entry).await? {
             Some(row) => Ok(row),
-            None => Err(self.state_conflict(&id, "pending", "cancelled").await),
+            None => Err(self
+                .state_conflict(&id, JobStatus::Pending, "cancelled")
+                .await),
         }
     }
 
-    async fn state_conflict(&self, id: &RecordId, needed: &str, action: &str) -> AdminError {
+    async fn state_conflict(&self, id: &RecordId, needed: JobStatus, action: &str) -> AdminError {
         match self.store.get(id).await {
             Ok(Some(row)) => AdminError::Conflict(format!(
                 "job {} is {}; only a {needed} job can be {action}",
@@ -292,15 +294,18 @@ impl Admin {
     }
 }
 
-/// Refuses a status outside `allowed`.
-pub(crate) fn check_status(status: &str, allowed: &[&str]) -> Result<(), AdminError> {
-    if allowed.contains(&status) {
-        Ok(())
-    } else {
-        Err(AdminError::BadRequest(format!(
-            "status {status:?} is not one of {}",
-            allowed.join(", ")
-        )))
+/// Reads the status a request names. The wire keeps it a string, so that a status that is not
+/// one of `allowed` (or no status at all) gets this message rather than serde's.
+pub(crate) fn parse_status(text: &str, allowed: &[JobStatus]) -> Result<JobStatus, AdminError> {
+    match text.parse::<JobStatus>() {
+        Ok(status) if allowed.contains(&status) => Ok(status),
+        _ => {
+            let names: Vec<&str> = allowed.iter().map(|status| status.as_str()).collect();
+            Err(AdminError::BadRequest(format!(
+                "status {text:?} is not one of {}",
+                names.join(", ")
+            )))
+        }
     }
 }
 
@@ -341,6 +346,31 @@ fn parse_run_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, AdminError>
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_status_outside_the_allowed_ones_is_refused_with_them() {
+        assert_eq!(
+            parse_status("failed", &JobStatus::ALL).unwrap(),
+            JobStatus::Failed
+        );
+        let refused = |text: &str, allowed: &[JobStatus]| match parse_status(text, allowed) {
+            Err(AdminError::BadRequest(message)) => message,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(
+            refused("bogus", &JobStatus::ALL),
+            "status \"bogus\" is not one of pending, processing, success, failed"
+        );
+        assert_eq!(
+            refused("success", &[JobStatus::Failed]),
+            "status \"success\" is not one of failed"
+        );
+        assert_eq!(
+            refused("Failed", &[JobStatus::Failed]),
+            "status \"Failed\" is not one of failed",
+            "statuses are spelled exactly"
+        );
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]

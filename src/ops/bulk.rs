@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::admin::{Admin, AdminError, check_status};
-use crate::store::{Finished, JobFilter};
+use crate::ops::admin::{Admin, AdminError, parse_status};
+use crate::store::{Finished, JobFilter, JobStatus};
 
 /// The most rows one bulk request touches; `more` in the answer says whether rows were left.
 pub const BULK_BOUND: usize = 100_000;
@@ -51,7 +51,7 @@ impl Admin {
     pub async fn retry_matching(&self, request: BulkRetry) -> Result<Touched, AdminError> {
         let table = self.table(request.table.as_deref())?;
         if let Some(status) = &request.status {
-            check_status(status, &["failed"])?;
+            parse_status(status, &[JobStatus::Failed])?;
         }
         let since = request
             .since
@@ -78,12 +78,8 @@ impl Admin {
 
     pub async fn delete_matching(&self, request: BulkDelete) -> Result<Touched, AdminError> {
         let table = self.table(request.table.as_deref())?;
-        check_status(&request.status, &["success", "failed"])?;
-        let status = if request.status == "success" {
-            Finished::Success
-        } else {
-            Finished::Failed
-        };
+        let status = parse_status(&request.status, &[JobStatus::Success, JobStatus::Failed])?;
+        let status = Finished::try_from(status).expect("only final statuses are allowed");
         let before = request
             .older_than
             .as_deref()

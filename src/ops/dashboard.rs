@@ -5,7 +5,8 @@
 //! sign-in form keeps in the open tab only (`sessionStorage`). The feed (`/v1/events`, Server-Sent
 //! Events) sends the overview once per refresh interval and every status change this runner
 //! writes, as it writes it. The overview's row counts come from one request to the database per
-//! refresh interval, shared by every open page; the changes come from the runner's own
+//! interval, shared by every open page and by `/metrics`
+//! ([`crate::runner::RunnerStatus::row_counts`]); the changes come from the runner's own
 //! attempts ([`crate::runner::activity`]) and cost the database nothing.
 
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::ops::state::OpsState;
+use crate::store::StatusCounts;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -57,18 +59,17 @@ pub async fn style() -> Response {
 /// What the overview page shows; also the `overview` event of the feed.
 pub async fn overview(state: &OpsState) -> Value {
     let backends = state.admin.backends();
-    let tables: Vec<&str> = backends.iter().map(|b| b.backend.table.as_str()).collect();
-    let counts = state.counts.get(&state.store, &tables).await;
-    let now = chrono::Utc::now();
     let status = &state.status;
+    let counts = status.row_counts(&state.store).await;
+    let now = chrono::Utc::now();
     let backends: Vec<Value> = backends
         .iter()
-        .enumerate()
-        .map(|(index, runtime)| {
+        .map(|runtime| {
             let name = &runtime.backend.name;
-            let counts = counts.as_ref().map(|all| {
-                let [pending, processing, success, failed] = all[index];
-                json!({"pending": pending, "processing": processing, "success": success, "failed": failed})
+            let counts: Option<StatusCounts> = counts.as_ref().and_then(|all| {
+                all.iter()
+                    .find(|(table, _)| *table == runtime.backend.table)
+                    .map(|(_, of_table)| *of_table)
             });
             json!({
                 "name": name,
@@ -86,7 +87,7 @@ pub async fn overview(state: &OpsState) -> Value {
         "in_flight": status.metrics.in_flight.get(),
         "concurrency": status.concurrency,
         "rescues": status.metrics.lease_rescues.get(),
-        "refresh_ms": state.counts.every().as_millis() as u64,
+        "refresh_ms": state.refresh.as_millis() as u64,
         "backends": backends,
     })
 }
@@ -102,8 +103,8 @@ pub async fn events(
     State(state): State<OpsState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let changes = state.status.activity.subscribe();
-    let state_stop = state.stop.clone();
-    let mut ticks = tokio::time::interval(state.counts.every());
+    let stopped = state.stop.clone().cancelled_owned();
+    let mut ticks = tokio::time::interval(state.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stream = futures::stream::unfold(
         (state, changes, ticks),
@@ -124,14 +125,5 @@ pub async fn events(
             Some((Ok(event), (state, changes, ticks)))
         },
     );
-    let stop = state_stop;
-    let stopped = async move {
-        match stop {
-            Some(mut stop) => {
-                let _ = stop.wait_for(|stop| *stop).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
     Sse::new(stream.take_until(stopped)).keep_alive(KeepAlive::default())
 }

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -170,7 +170,8 @@ async fn ready(State(state): State<OpsState>) -> Response {
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {
-    state.status.refresh_row_counts(&state.store).await;
+    // A read (at most one per interval, shared with the dashboard) sets the row gauges.
+    state.status.row_counts(&state.store).await;
     state.status.copy_conflicts(&state.store);
     (
         [(
@@ -182,74 +183,88 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
+/// Any request the API cannot read (its body, query or path) is the caller's mistake: a 400 with
+/// axum's message (serde's, for a body), in the same `{"error": ...}` shape as every other
+/// refusal. The extractors below refuse with it, so no handler maps rejections itself.
+struct ApiRejection(String);
+
+impl From<JsonRejection> for ApiRejection {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiRejection(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiRejection {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiRejection(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiRejection {
+    fn from(rejection: PathRejection) -> Self {
+        ApiRejection(rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiRejection {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+/// [`Json`], refused as an [`ApiRejection`].
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ApiRejection))]
+struct ApiJson<T>(T);
+
+/// [`Query`], refused as an [`ApiRejection`].
+#[derive(FromRequestParts)]
+#[from_request(via(Query), rejection(ApiRejection))]
+struct ApiQuery<T>(T);
+
+/// [`Path`], refused as an [`ApiRejection`].
+#[derive(FromRequestParts)]
+#[from_request(via(Path), rejection(ApiRejection))]
+struct ApiPath<T>(T);
+
 async fn enqueue(
     State(state): State<OpsState>,
-    body: Result<Json<EnqueueRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<EnqueueRequest>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        // Every body the API cannot read is the caller's mistake: 400, with serde's message.
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    };
     match state.admin.enqueue(request).await {
         Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.to_sql() }))).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn list(
-    State(state): State<OpsState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    };
+async fn list(State(state): State<OpsState>, ApiQuery(query): ApiQuery<ListQuery>) -> Response {
     respond(state.admin.list(query).await)
 }
 
-/// A job id from the path; an undecodable one is a 400 in JSON like every other mistake.
-type JobPath = Result<Path<String>, PathRejection>;
-
-async fn show(State(state): State<OpsState>, id: JobPath) -> Response {
-    match id {
-        Ok(Path(id)) => respond(state.admin.show(&id).await),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    }
+async fn show(State(state): State<OpsState>, ApiPath(id): ApiPath<String>) -> Response {
+    respond(state.admin.show(&id).await)
 }
 
-async fn retry(State(state): State<OpsState>, id: JobPath) -> Response {
-    match id {
-        Ok(Path(id)) => respond(state.admin.retry(&id).await),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    }
+async fn retry(State(state): State<OpsState>, ApiPath(id): ApiPath<String>) -> Response {
+    respond(state.admin.retry(&id).await)
 }
 
-async fn cancel(State(state): State<OpsState>, id: JobPath) -> Response {
-    match id {
-        Ok(Path(id)) => respond(state.admin.cancel(&id).await),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    }
+async fn cancel(State(state): State<OpsState>, ApiPath(id): ApiPath<String>) -> Response {
+    respond(state.admin.cancel(&id).await)
 }
 
 async fn bulk_retry(
     State(state): State<OpsState>,
-    body: Result<Json<BulkRetry>, JsonRejection>,
+    ApiJson(request): ApiJson<BulkRetry>,
 ) -> Response {
-    match body {
-        Ok(Json(request)) => respond(state.admin.retry_matching(request).await),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    }
+    respond(state.admin.retry_matching(request).await)
 }
 
 async fn bulk_delete(
     State(state): State<OpsState>,
-    body: Result<Json<BulkDelete>, JsonRejection>,
+    ApiJson(request): ApiJson<BulkDelete>,
 ) -> Response {
-    match body {
-        Ok(Json(request)) => respond(state.admin.delete_matching(request).await),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
-    }
+    respond(state.admin.delete_matching(request).await)
 }
 
 fn respond<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::job::record::Decision;
 use crate::job::row::Job;
+use crate::store::JobStatus;
 
 /// How long one bucket of [`Series`] covers, and how many are kept (five minutes).
 pub const STEP: Duration = Duration::from_secs(5);
@@ -26,7 +27,7 @@ pub struct JobEvent {
     pub backend: String,
     pub path: Option<String>,
     /// `processing`, `success`, `failed`, or `pending` (a retry is scheduled).
-    pub status: &'static str,
+    pub status: JobStatus,
     pub retries: u32,
     pub at: DateTime<Utc>,
 }
@@ -104,7 +105,7 @@ impl Activity {
     }
 
     pub(super) fn started(&self, backend: &str, job: &Job) {
-        self.send(backend, job, "processing", job.retries);
+        self.send(backend, job, JobStatus::Processing, job.retries);
     }
 
     pub(super) fn recorded(
@@ -115,11 +116,7 @@ impl Activity {
         elapsed: Duration,
     ) {
         let now = Utc::now();
-        let (status, retries) = match decision {
-            Decision::Success => ("success", job.retries),
-            Decision::Retry { .. } => ("pending", job.retries + 1),
-            Decision::Failed { .. } => ("failed", job.retries),
-        };
+        let status = decision.status();
         {
             let index = bucket_index(now);
             let mut buckets = self.buckets.lock().expect("activity lock");
@@ -136,15 +133,15 @@ impl Activity {
             bucket.attempts += 1;
             bucket.attempt_ms += elapsed.as_secs_f64() * 1000.0;
             match status {
-                "success" => bucket.finished += 1,
-                "failed" => bucket.failed += 1,
-                _ => {}
+                JobStatus::Success => bucket.finished += 1,
+                JobStatus::Failed => bucket.failed += 1,
+                JobStatus::Pending | JobStatus::Processing => {}
             }
         }
-        self.send(backend, job, status, retries);
+        self.send(backend, job, status, decision.retries_after(job));
     }
 
-    fn send(&self, backend: &str, job: &Job, status: &'static str, retries: u32) {
+    fn send(&self, backend: &str, job: &Job, status: JobStatus, retries: u32) {
         if self.events.receiver_count() == 0 {
             return;
         }

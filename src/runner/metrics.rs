@@ -8,11 +8,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::job::attempt::Observer;
 use crate::job::record::Decision;
 use crate::job::row::Job;
+use crate::store::StatusCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -30,6 +31,17 @@ pub struct OutcomeLabels {
 pub struct TableLabels {
     pub table: String,
     pub status: String,
+}
+
+/// A new metric of its default value, registered under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    with(registry, name, help, M::default())
+}
+
+/// `metric`, registered under `name`.
+fn with<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn attempt_histogram() -> Histogram {
@@ -52,7 +64,8 @@ pub struct Metrics {
     pub claim_lag_seconds: Histogram,
     /// Jobs being worked on right now.
     pub in_flight: Gauge,
-    /// Rows per table and status, refreshed on each scrape.
+    /// Rows per table and status, from the row counts `RunnerStatus` reads at most once per
+    /// interval (see [`Metrics::set_rows`]).
     pub rows: Family<TableLabels, Gauge>,
     /// Times the database came back after being unreachable.
     pub db_reconnects: Counter<u64, AtomicU64>,
@@ -63,6 +76,8 @@ pub struct Metrics {
     pub lease_rescues: Counter<u64, AtomicU64>,
     /// Finished rows retention deleted, by backend and status (`outcome` label).
     pub retention_deleted: Family<OutcomeLabels, Counter>,
+    /// Attempts that panicked, by backend: a defect of the runner; each row was released.
+    pub attempt_panics: Family<BackendLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,80 +89,51 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sp00ky_runner");
-        let attempts = Family::<OutcomeLabels, Counter>::default();
-        let jobs_finished = Family::<OutcomeLabels, Counter>::default();
-        let retries = Family::<BackendLabels, Counter>::default();
+        let r = &mut registry;
         let attempt_seconds =
             Family::<BackendLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 attempt_histogram,
             );
-        let claim_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
-        let in_flight = Gauge::default();
-        let rows = Family::<TableLabels, Gauge>::default();
-        let db_reconnects = Counter::default();
-        let transaction_conflicts = Counter::default();
-        let lease_rescues = Counter::default();
-        let retention_deleted = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "attempts",
-            "Attempts that ended, by backend and outcome",
-            attempts.clone(),
-        );
-        registry.register(
-            "jobs_finished",
-            "Jobs that reached success or failed",
-            jobs_finished.clone(),
-        );
-        registry.register("retries", "Retries scheduled", retries.clone());
-        registry.register(
-            "attempt_duration_seconds",
-            "Time from claim to recorded outcome",
-            attempt_seconds.clone(),
-        );
-        registry.register(
-            "claim_lag_seconds",
-            "Time from a job becoming due to its claim",
-            claim_lag_seconds.clone(),
-        );
-        registry.register(
-            "in_flight_jobs",
-            "Jobs being worked on now",
-            in_flight.clone(),
-        );
-        registry.register("job_rows", "Rows per job table and status", rows.clone());
-        registry.register(
-            "db_reconnects",
-            "Times the database came back after being unreachable",
-            db_reconnects.clone(),
-        );
-        registry.register(
-            "transaction_conflicts",
-            "Statements refused with a transaction conflict (retried, never a job failure)",
-            transaction_conflicts.clone(),
-        );
-        registry.register(
-            "lease_rescues",
-            "Expired leases taken over by this runner",
-            lease_rescues.clone(),
-        );
-        registry.register(
-            "retention_deleted",
-            "Finished rows deleted by retention, by backend and status",
-            retention_deleted.clone(),
-        );
+        let claim_lag = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let conflicts_help =
+            "Statements refused with a transaction conflict (retried, never a job failure)";
+        let panics_help = "Attempts that panicked (a runner defect; the job was released)";
         Metrics {
+            attempts: registered(r, "attempts", "Attempts that ended, by backend and outcome"),
+            jobs_finished: registered(r, "jobs_finished", "Jobs that reached success or failed"),
+            retries: registered(r, "retries", "Retries scheduled"),
+            attempt_seconds: with(
+                r,
+                "attempt_duration_seconds",
+                "Time from claim to recorded outcome",
+                attempt_seconds,
+            ),
+            claim_lag_seconds: with(
+                r,
+                "claim_lag_seconds",
+                "Time from a job becoming due to its claim",
+                claim_lag,
+            ),
+            in_flight: registered(r, "in_flight_jobs", "Jobs being worked on now"),
+            rows: registered(r, "job_rows", "Rows per job table and status"),
+            db_reconnects: registered(
+                r,
+                "db_reconnects",
+                "Times the database came back after being unreachable",
+            ),
+            transaction_conflicts: registered(r, "transaction_conflicts", conflicts_help),
+            lease_rescues: registered(
+                r,
+                "lease_rescues",
+                "Expired leases taken over by this runner",
+            ),
+            retention_deleted: registered(
+                r,
+                "retention_deleted",
+                "Finished rows deleted by retention, by backend and status",
+            ),
+            attempt_panics: registered(r, "attempt_panics", panics_help),
             registry,
-            attempts,
-            jobs_finished,
-            retries,
-            attempt_seconds,
-            claim_lag_seconds,
-            in_flight,
-            rows,
-            db_reconnects,
-            transaction_conflicts,
-            lease_rescues,
-            retention_deleted,
         }
     }
 
@@ -163,6 +149,20 @@ impl Metrics {
         OutcomeLabels {
             backend: backend.to_string(),
             outcome: outcome.to_string(),
+        }
+    }
+
+    /// The row gauges of `table`, for all four statuses: a status with no rows shows 0 rather
+    /// than the last number it had.
+    pub fn set_rows(&self, table: &str, counts: &StatusCounts) {
+        for (status, n) in counts.iter() {
+            let labels = TableLabels {
+                table: table.to_string(),
+                status: status.as_str().to_string(),
+            };
+            self.rows
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -188,6 +188,12 @@ impl Observer for Metrics {
         self.in_flight.dec();
     }
 
+    fn panicked(&self, backend: &str) {
+        self.attempt_panics
+            .get_or_create(&self.backend(backend))
+            .inc();
+    }
+
     fn recorded(
         &self,
         backend: &str,
@@ -195,17 +201,20 @@ impl Observer for Metrics {
         decision: &Decision,
         elapsed: std::time::Duration,
     ) {
-        let label = match decision {
-            Decision::Success => "success",
-            Decision::Retry { .. } => "retry",
-            Decision::Failed { .. } => "failed",
+        // A retry is labelled `retry` (the status it writes, `pending`, says nothing about the
+        // attempt); the others by the final status they write.
+        let status = decision.status();
+        let label = if status.is_final() {
+            status.as_str()
+        } else {
+            "retry"
         };
         let outcome = self.outcome(backend, label);
         self.attempts.get_or_create(&outcome).inc();
-        if let Decision::Retry { .. } = decision {
-            self.retries.get_or_create(&self.backend(backend)).inc();
-        } else {
+        if status.is_final() {
             self.jobs_finished.get_or_create(&outcome).inc();
+        } else {
+            self.retries.get_or_create(&self.backend(backend)).inc();
         }
         self.attempt_seconds
             .get_or_create(&self.backend(backend))

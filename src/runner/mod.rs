@@ -9,33 +9,43 @@
 //! the last poll was full, or every `poll_interval` (live queries can miss notifications, and
 //! retries become due by the clock).
 //!
-//! Shutdown: claiming stops, jobs still waiting for a slot go back to `pending` at once, calls in
-//! flight get `shutdown_grace` to finish, then the rest are cancelled and put back to `pending`
-//! too; none of them spends an attempt.
+//! Each backend has a [`lane::Lane`] (its claimer, watermark, own slots and what its last look
+//! left); what to do on each wake-up and on each lane's turn is decided by the pure functions
+//! of [`plan`], and [`round`] does the claiming they decide on.
+//!
+//! Shutdown: one [`CancellationToken`] stops the loop and the live queries (which end their
+//! queries on the server on the way out). Claiming stops, jobs still waiting for a slot go back
+//! to `pending` at once, calls in flight get `shutdown_grace` to finish, then the rest are
+//! cancelled and put back to `pending` too; none of them spends an attempt.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch as signal};
+use tokio::sync::{Notify, watch as signal};
 use tokio::task::JoinSet;
 
 use crate::config::{Backend, limits};
+use tokio_util::sync::CancellationToken;
+
 use crate::job::attempt::{self, Attempts, Stops};
 use crate::job::call::Caller;
-use crate::job::claim::{Claimer, Watermark};
 use crate::job::record::SuccessWriter;
 use crate::job::row::Job;
 use crate::job::validate::Routes;
 use crate::store::{DueHint, Store};
 
 pub mod activity;
+mod lane;
 pub mod metrics;
+mod plan;
 pub mod retention;
 mod round;
 pub mod slots;
 pub mod status;
 pub mod watch;
 
+use lane::Lane;
+use plan::{HintCount, LaneView, RoundEnd, Wake, Woke};
 use slots::Slots;
 pub use status::RunnerStatus;
 use watch::{Hints, WatchTarget};
@@ -94,52 +104,36 @@ pub struct Runner {
     options: RunnerOptions,
     status: Arc<RunnerStatus>,
     backends: Arc<Vec<Arc<BackendRuntime>>>,
-    /// One per backend, in the same order: each applies its backend's row limits.
-    claimers: Vec<Claimer>,
-    /// One per backend, in the same order: its own slots when it sets `concurrency:`.
-    backend_slots: Vec<Option<Arc<Semaphore>>>,
+    /// One per backend, in config order (the index a live query's hints name).
+    lanes: Vec<Lane>,
 }
 
 /// Where the main loop stands between two wake-ups.
-struct Cursor {
-    /// The last look filled the room it had: more work is probably due.
+struct LoopState {
+    /// The last look filled the room it had, or was capped: more work is probably due.
     more_work: bool,
-    /// The last round skipped a backend whose own slots were full: a slot freeing up is worth
-    /// a look, but the round is not repeated at once.
-    capped: bool,
-    /// The backend the next round starts with, so one busy table cannot starve another.
-    next_backend: usize,
-    next_poll: tokio::time::Instant,
-    watermarks: Vec<Watermark>,
-    /// Per backend: its last look left due work behind (it filled its room, or was granted
-    /// fewer calls than it found), and when that look was.
-    left_work: Vec<bool>,
-    looked_at: Vec<std::time::Instant>,
-    /// A rate-limited backend with work was kept out by jobs waiting ahead (see [`Runner::room_for`]).
+    /// A rate-limited lane with work was kept out by jobs waiting ahead (see
+    /// [`plan::lane_room`]).
     hold_ahead: bool,
+    /// The lane the next round starts with.
+    next_lane: usize,
+    next_poll: tokio::time::Instant,
 }
 
-impl Cursor {
-    /// Whether backend `index` may have due work: its last look left some, or it has not looked
-    /// for a poll interval.
-    fn may_have_work(&self, index: usize, poll_interval: Duration) -> bool {
-        self.left_work[index] || self.looked_at[index].elapsed() >= poll_interval
-    }
+/// What the loop holds while it runs: the slots, the task of every claimed job, and what stops
+/// those tasks at shutdown.
+struct Holding {
+    slots: Slots,
+    jobs: JoinSet<()>,
+    stops: Stops,
 }
 
 impl Runner {
     pub fn new(store: Store, backends: Vec<BackendRuntime>, options: RunnerOptions) -> Runner {
-        let claimers = backends
+        let backends: Vec<Arc<BackendRuntime>> = backends.into_iter().map(Arc::new).collect();
+        let lanes = backends
             .iter()
-            .map(|b| Claimer {
-                limits: b.backend.row_limits,
-                clock_offset: options.clock_offset,
-                ..Claimer::new(options.runner_id.clone(), options.lease)
-            })
-            .collect();
-        let backend_slots = backends
-            .iter()
-            .map(|b| b.backend.concurrency.map(|n| Arc::new(Semaphore::new(n))))
+            .map(|runtime| Lane::new(runtime.clone(), &options))
             .collect();
         let names = backends
             .iter()
@@ -156,9 +150,8 @@ impl Runner {
             }),
             options,
             status,
-            backends: Arc::new(backends.into_iter().map(Arc::new).collect()),
-            claimers,
-            backend_slots,
+            backends: Arc::new(backends),
+            lanes,
         }
     }
 
@@ -174,233 +167,212 @@ impl Runner {
         &self.attempts.store
     }
 
-    /// Runs until `shutdown` completes, then drains as described in the module docs.
+    /// Runs until `shutdown` completes; see [`Runner::run_until`].
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let options = &self.options;
-        let slots = Slots::new(options.concurrency.max(1), options.claim_ahead);
-        let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let trigger = async {
+            shutdown.await;
+            stop.cancel();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = self.run_until(stop.clone()) => {}
+            () = trigger => {}
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then drains as described in the module docs. The same
+    /// token stops the live queries, which end their queries on the way out.
+    pub async fn run_until(mut self, stop: CancellationToken) {
+        let options = self.options.clone();
         let (stop_waiting, waiting) = signal::channel(false);
         let (cancel_calls, calls) = signal::channel(false);
-        let stops = Stops { waiting, calls };
+        let mut holding = Holding {
+            slots: Slots::new(options.concurrency.max(1), options.claim_ahead),
+            jobs: JoinSet::new(),
+            stops: Stops { waiting, calls },
+        };
+        let wake = Arc::new(Notify::new());
         let hints = Arc::new(Mutex::new(Hints::default()));
-        let mut watchers = self.spawn_watchers(&wake, &hints);
+        let watchers = self.spawn_watchers(&wake, &hints, &stop);
         tracing::info!(
             runner = %options.runner_id,
-            backends = self.backends.len(),
+            backends = self.lanes.len(),
             concurrency = options.concurrency,
             "runner started"
         );
-        let mut jobs: JoinSet<()> = JoinSet::new();
-        let mut cursor = Cursor {
+        for lane in &mut self.lanes {
+            lane.mark_looked();
+        }
+        let mut state = LoopState {
             more_work: false,
-            capped: false,
-            next_backend: 0,
-            next_poll: tokio::time::Instant::now(),
-            watermarks: vec![Watermark::new(options.poll_interval); self.backends.len()],
-            left_work: vec![false; self.backends.len()],
-            looked_at: vec![std::time::Instant::now(); self.backends.len()],
             hold_ahead: false,
+            next_lane: 0,
+            next_poll: tokio::time::Instant::now(),
         };
-        tokio::pin!(shutdown);
         loop {
             self.status.tick();
             let woke = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
-                () = tokio::time::sleep_until(cursor.next_poll) => Woke::Poll,
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(state.next_poll) => Woke::Poll,
                 () = wake.notified() => Woke::Notified,
-                () = slots.freed.notified() => Woke::Freed,
-                Some(_) = jobs.join_next(), if !jobs.is_empty() => Woke::Freed,
+                () = holding.slots.freed.notified() => Woke::Freed,
+                Some(_) = holding.jobs.join_next(), if !holding.jobs.is_empty() => Woke::Freed,
             };
             // A finished task stays in the set until it is joined, and every task in the set
             // counts against the room for claims: join them all, or each claim takes only what
             // the loop happened to join one by one.
-            while jobs.try_join_next().is_some() {}
-            if !self.worth_a_look(woke, &slots, &jobs, &mut cursor) {
-                continue;
-            }
-            let hinted = std::mem::take(&mut *hints.lock().expect("hints lock"));
-            for (index, _) in &hinted.rows {
-                if let Some(left) = cursor.left_work.get_mut(*index) {
-                    *left = true;
-                }
-            }
-            // New rows reported by a live query, when the last look left nothing behind and they
-            // all fit: claimed by id at once. Polls, backlogs and anything the hints may not
-            // cover take the full round, which honours priorities.
-            if woke != Woke::Poll
-                && !cursor.more_work
-                && !hinted.overflowed
-                && !hinted.rows.is_empty()
-                && self.hints_fit(&hinted.rows, &slots, &jobs, cursor.hold_ahead)
+            while holding.jobs.try_join_next().is_some() {}
+            if self
+                .go_round(woke, &mut state, &mut holding, &hints, &stop)
+                .await
+                == RoundEnd::Shutdown
             {
-                self.claim_hinted(hinted.rows, &slots, &mut jobs, &stops)
-                    .await;
-                continue;
+                break;
             }
-            let round = self
-                .claim_round(&slots, &mut jobs, &mut cursor, &stops, shutdown.as_mut())
-                .await;
-            let Some(more) = round else { break };
-            cursor.more_work = more || cursor.capped;
-            let again_now = more && slots.room(&jobs) > 0;
-            cursor.next_poll = tokio::time::Instant::now()
-                + if again_now {
-                    Duration::ZERO
-                } else {
-                    options.poll_interval
-                };
         }
-        watchers.abort_all();
-        drain(jobs, stop_waiting, cancel_calls, options.shutdown_grace).await;
+        let Holding { jobs, .. } = holding;
+        let drained = drain(jobs, stop_waiting, cancel_calls, options.shutdown_grace);
+        tokio::join!(drained, join_watchers(watchers));
         tracing::info!("runner stopped");
     }
 
-    /// A live query per table, and the reconnect counter.
-    fn spawn_watchers(&self, wake: &Arc<Notify>, hints: &Arc<Mutex<Hints>>) -> JoinSet<()> {
+    /// Decides what waking for `woke` is worth and does it: nothing, a claim of hinted rows by
+    /// id, or a full round; then sets when the loop looks next.
+    async fn go_round(
+        &mut self,
+        woke: Woke,
+        state: &mut LoopState,
+        holding: &mut Holding,
+        hints: &Mutex<Hints>,
+        stop: &CancellationToken,
+    ) -> RoundEnd {
+        let poll = self.options.poll_interval;
+        let room = holding.slots.room_at(&holding.jobs);
+        match plan::wake(woke, room, state.more_work, self.options.concurrency) {
+            Wake::Ignore => return RoundEnd::Idle,
+            Wake::Full => {
+                state.more_work = true;
+                state.next_poll = tokio::time::Instant::now() + poll;
+                return RoundEnd::Capped;
+            }
+            Wake::Look => {}
+        }
+        let hinted = std::mem::take(&mut *hints.lock().expect("hints lock"));
+        let mut count = HintCount {
+            per_lane: vec![0; self.lanes.len()],
+            overflowed: hinted.overflowed,
+        };
+        for (index, _) in &hinted.rows {
+            if let (Some(lane), Some(n)) =
+                (self.lanes.get_mut(*index), count.per_lane.get_mut(*index))
+            {
+                lane.hinted();
+                *n += 1;
+            }
+        }
+        let views: Vec<LaneView> = self.lanes.iter().map(|lane| lane.view(poll)).collect();
+        if plan::look(
+            woke,
+            state.more_work,
+            &count,
+            room,
+            &views,
+            state.hold_ahead,
+        ) == plan::Look::Hinted
+        {
+            self.claim_hinted(hinted.rows, holding).await;
+            return RoundEnd::Idle;
+        }
+        let end = self.claim_round(state, holding, stop).await;
+        let now = tokio::time::Instant::now();
+        match end {
+            RoundEnd::Shutdown => {}
+            RoundEnd::MoreDue => (state.more_work, state.next_poll) = (true, now),
+            RoundEnd::Capped => (state.more_work, state.next_poll) = (true, now + poll),
+            RoundEnd::Idle => (state.more_work, state.next_poll) = (false, now + poll),
+        }
+        end
+    }
+
+    /// A live query per table, and the reconnect counter, each until `stop`.
+    fn spawn_watchers(
+        &self,
+        wake: &Arc<Notify>,
+        hints: &Arc<Mutex<Hints>>,
+        stop: &CancellationToken,
+    ) -> JoinSet<()> {
         let mut watchers = JoinSet::new();
-        for (index, backend) in self.backends.iter().enumerate() {
+        for (index, lane) in self.lanes.iter().enumerate() {
             let target = WatchTarget {
-                table: backend.backend.table.clone(),
+                table: lane.table().to_string(),
                 backend: index,
                 hints: hints.clone(),
             };
             let (store, status) = (self.store().clone(), self.status.clone());
-            watchers.spawn(watch::watch_table(store, target, wake.clone(), status));
+            let watch = watch::watch_table(store, target, wake.clone(), status, stop.clone());
+            watchers.spawn(watch);
         }
         let (store, status) = (self.store().clone(), self.status.clone());
-        watchers.spawn(watch::count_reconnects(store, status));
+        watchers.spawn(watch::count_reconnects(store, status, stop.clone()));
         watchers
     }
 
-    /// Whether every hinted row fits in the room its backend has (a rate-limited backend's rows
-    /// always take the full round, which asks for calls first).
-    fn hints_fit(
-        &self,
-        rows: &[(usize, DueHint)],
-        slots: &Slots,
-        jobs: &JoinSet<()>,
-        hold_ahead: bool,
-    ) -> bool {
-        rows.len() <= slots.room(jobs)
-            && rows
-                .iter()
-                .all(|(b, _)| self.backends[*b].backend.rate_limit.is_none())
-            && (0..self.backends.len()).all(|index| {
-                let hinted = rows.iter().filter(|(b, _)| *b == index).count();
-                hinted <= self.room_for(index, slots, jobs, hold_ahead)
-            })
-    }
-
-    /// How many jobs backend `index` may claim now. A backend with a rate limit claims only what
-    /// it can call at once; one with slots of its own, within them; the others may claim ahead
-    /// of the free slots. Freed slots go to jobs waiting ahead first, so while they keep a
-    /// rate-limited backend with work out (`hold_ahead`), no backend claims ahead: the waiting
-    /// jobs drain, and that backend gets the next free slots, as it would with no room ahead.
-    fn room_for(&self, index: usize, slots: &Slots, jobs: &JoinSet<()>, hold_ahead: bool) -> usize {
-        let own = self.backend_slots[index].as_ref();
-        match (
-            self.backends[index].backend.rate_limit.is_some() || hold_ahead,
-            own,
-        ) {
-            (true, _) => slots.room_now(jobs, own),
-            (false, Some(own)) => slots.room_within(jobs, own),
-            (false, None) => slots.room(jobs),
-        }
-    }
-
-    /// Whether to look for work after waking for `woke`.
-    fn worth_a_look(
-        &self,
-        woke: Woke,
-        slots: &Slots,
-        jobs: &JoinSet<()>,
-        cursor: &mut Cursor,
-    ) -> bool {
-        let free = slots.room(jobs);
-        // A call ended (or its write-back did). Look again only if the last look left work
-        // behind, and only once enough slots are free to make the round trip worth it (or
-        // nothing else runs): claims then come in batches, not one per job.
-        let claim_batch = (self.options.concurrency / 4).max(1);
-        if woke == Woke::Freed
-            && (!cursor.more_work || (free < claim_batch && free < self.options.concurrency))
-        {
-            return false;
-        }
-        if free == 0 {
-            // Full: the next finished job triggers the next look.
-            cursor.more_work = true;
-            cursor.next_poll = tokio::time::Instant::now() + self.options.poll_interval;
-            return false;
-        }
-        true
-    }
-
-    /// Claims the hinted rows of each backend by id and starts them.
-    async fn claim_hinted(
-        &self,
-        hinted: Vec<(usize, DueHint)>,
-        slots: &Slots,
-        jobs: &mut JoinSet<()>,
-        stops: &Stops,
-    ) {
-        let mut by_backend: Vec<Vec<DueHint>> = vec![Vec::new(); self.backends.len()];
+    /// Claims the hinted rows of each lane by id and starts them.
+    async fn claim_hinted(&self, hinted: Vec<(usize, DueHint)>, holding: &mut Holding) {
+        let mut by_lane: Vec<Vec<DueHint>> = vec![Vec::new(); self.lanes.len()];
         for (index, hint) in hinted {
-            if let Some(rows) = by_backend.get_mut(index) {
+            if let Some(rows) = by_lane.get_mut(index) {
                 rows.push(hint);
             }
         }
-        for (index, rows) in by_backend.into_iter().enumerate() {
+        for (index, rows) in by_lane.into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
-            let backend = &self.backends[index];
-            match self.claimers[index].take_hinted(self.store(), rows).await {
-                Ok(claimed) => self.start(index, claimed, slots, jobs, stops, Duration::ZERO),
+            let lane = &self.lanes[index];
+            match lane.take_hinted(self.store(), rows).await {
+                Ok(claimed) => self.start(index, claimed, holding, Duration::ZERO),
                 Err(e) => {
-                    tracing::debug!(backend = %backend.backend.name, error = %e, "could not claim hinted jobs; the next poll will")
+                    tracing::debug!(backend = %lane.name(), error = %e, "could not claim hinted jobs; the next poll will")
                 }
             }
         }
     }
 
-    /// Spawns a task per claimed job; each waits for a slot (in claim order) and holds it until
-    /// its call ends.
-    fn start(
-        &self,
-        index: usize,
-        claimed: Vec<Job>,
-        slots: &Slots,
-        jobs: &mut JoinSet<()>,
-        stops: &Stops,
-        wait: Duration,
-    ) {
+    /// Spawns a task per claimed job of lane `index`; each waits for a slot (in claim order)
+    /// and holds it until its call ends. `wait`: a rate-limit grant for the window about to
+    /// start, whose calls start with it.
+    fn start(&self, index: usize, claimed: Vec<Job>, holding: &mut Holding, wait: Duration) {
+        let lane = &self.lanes[index];
         for job in claimed {
-            let slot = slots.reserve(self.backend_slots[index].as_ref());
+            let slot = holding.slots.reserve(lane.own_slots());
             let attempts = self.attempts.clone();
-            let backend = self.backends[index].clone();
-            let stops = stops.clone();
-            jobs.spawn(async move {
-                // A rate-limit grant for the window about to start: its calls start with it.
+            let runtime = lane.runtime.clone();
+            let stops = holding.stops.clone();
+            holding.jobs.spawn(async move {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                let BackendRuntime { backend, routes } = &*backend;
-                attempt::run(&attempts, backend, routes, job, stops, slot.acquire()).await;
+                let BackendRuntime { backend, routes } = &*runtime;
+                attempt::run_caught(&attempts, backend, routes, job, stops, slot.acquire()).await;
             });
         }
     }
 }
 
-/// Why the main loop woke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Woke {
-    /// The poll interval passed.
-    Poll,
-    /// A live query reported a change.
-    Notified,
-    /// A call or a write-back ended.
-    Freed,
+/// Waits for the watchers, which end their live queries once the stop is cancelled; a watcher
+/// stuck on an unreachable database is aborted after a few seconds.
+async fn join_watchers(mut watchers: JoinSet<()>) {
+    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+        while watchers.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!("live queries did not end within 5 s; leaving them to the server");
+        watchers.abort_all();
+    }
 }
 
 /// Puts jobs still waiting for a slot back to `pending` at once, lets calls in flight finish for

@@ -10,6 +10,8 @@ use futures::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::plan::Room;
+
 /// The runner's concurrency: a slot is held from the start of a call to its end. The
 /// write-back that follows runs outside it, so the next call need not wait for the database's
 /// commit; at most as many write-backs as slots may be pending at once.
@@ -121,25 +123,18 @@ impl Slots {
             .min(tasks_left)
     }
 
-    /// How many jobs of a backend that may not wait for a slot may be claimed now: slots free
-    /// once every waiting job has its own, within `backend`'s own slots when it has them.
-    /// A backend with a `rateLimit:` claims only what it can call at once: its calls belong to
-    /// the window they were granted in.
-    pub(super) fn room_now(&self, jobs: &JoinSet<()>, backend: Option<&Arc<Semaphore>>) -> usize {
+    /// The room for claims now, for the plan ([`super::plan::lane_room`] applies a backend's
+    /// own slots and rate limit to it): `claimable` as [`Slots::room`] counts it, and
+    /// `callable`, the free slots once every waiting job has its own.
+    pub(super) fn room_at(&self, jobs: &JoinSet<()>) -> Room {
         let free = self
             .semaphore
             .available_permits()
             .saturating_sub(self.waiting.load(Ordering::SeqCst));
-        let room = self.room(jobs).min(free);
-        backend.map_or(room, |own| room.min(own.available_permits()))
-    }
-
-    /// How many jobs of a backend with slots of its own may be claimed now: as many as `room`,
-    /// within the backend's free slots. Each takes its backend slot when it is claimed and then
-    /// waits for a runner slot in claim order like any other job, so it never holds a runner
-    /// slot while it waits for its backend's.
-    pub(super) fn room_within(&self, jobs: &JoinSet<()>, own: &Arc<Semaphore>) -> usize {
-        self.room(jobs).min(own.available_permits())
+        Room {
+            claimable: self.room(jobs),
+            callable: free,
+        }
     }
 
     /// A place in the queue for one claimed job.
@@ -166,7 +161,28 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::plan::{LaneView, lane_room};
     use proptest::prelude::*;
+
+    /// What a backend that may not wait for a slot (a rate limit) may claim, as the plan sees it.
+    fn room_now(slots: &Slots, jobs: &JoinSet<()>, own: Option<&Arc<Semaphore>>) -> usize {
+        let lane = LaneView {
+            rate_limited: true,
+            own_free: own.map(|own| own.available_permits()),
+            may_have_work: false,
+        };
+        lane_room(slots.room_at(jobs), lane, false)
+    }
+
+    /// What a backend with slots of its own may claim, as the plan sees it.
+    fn room_within(slots: &Slots, jobs: &JoinSet<()>, own: &Arc<Semaphore>) -> usize {
+        let lane = LaneView {
+            rate_limited: false,
+            own_free: Some(own.available_permits()),
+            may_have_work: false,
+        };
+        lane_room(slots.room_at(jobs), lane, false)
+    }
 
     /// One step of the main loop and its jobs' tasks, as the property below plays them.
     #[derive(Debug, Clone)]
@@ -236,8 +252,8 @@ mod tests {
                     Step::Claim { now, own: with_own } => {
                         let backend = with_own.then_some(&own);
                         let room = match (now, backend) {
-                            (true, _) => slots.room_now(&jobs, backend),
-                            (false, Some(own)) => slots.room_within(&jobs, own),
+                            (true, _) => room_now(&slots, &jobs, backend),
+                            (false, Some(own)) => room_within(&slots, &jobs, own),
                             (false, None) => slots.room(&jobs),
                         };
                         if room > 0 {
@@ -284,7 +300,7 @@ mod tests {
             drop(waiting);
             drop(held);
             prop_assert_eq!(slots.room(&jobs), concurrency + ahead);
-            prop_assert_eq!(slots.room_now(&jobs, Some(&own)), concurrency.min(own_slots));
+            prop_assert_eq!(room_now(&slots, &jobs, Some(&own)), concurrency.min(own_slots));
         }
     }
 
@@ -294,7 +310,7 @@ mod tests {
         let jobs = JoinSet::new();
         assert_eq!(slots.room(&jobs), 5, "two free slots and three ahead");
         assert_eq!(
-            slots.room_now(&jobs, None),
+            room_now(&slots, &jobs, None),
             2,
             "only the free slots at once"
         );
@@ -306,7 +322,7 @@ mod tests {
             3,
             "both slots held: the room ahead is left"
         );
-        assert_eq!(slots.room_now(&jobs, None), 0);
+        assert_eq!(room_now(&slots, &jobs, None), 0);
 
         let third = slots.reserve(None);
         let fourth = slots.reserve(None);
@@ -317,7 +333,7 @@ mod tests {
         let third = third.acquire().await;
         assert_eq!(slots.room(&jobs), 2);
         assert_eq!(
-            slots.room_now(&jobs, None),
+            room_now(&slots, &jobs, None),
             0,
             "the waiting job takes the next slot"
         );
@@ -327,7 +343,7 @@ mod tests {
         assert_eq!(slots.room(&jobs), 3);
         drop((second, third));
         assert_eq!(slots.room(&jobs), 5);
-        assert_eq!(slots.room_now(&jobs, None), 2);
+        assert_eq!(room_now(&slots, &jobs, None), 2);
     }
 
     #[tokio::test]
@@ -363,11 +379,11 @@ mod tests {
         let slots = Slots::new(4, 4);
         let own = Arc::new(Semaphore::new(1));
         let jobs = JoinSet::new();
-        assert_eq!(slots.room_now(&jobs, Some(&own)), 1);
+        assert_eq!(room_now(&slots, &jobs, Some(&own)), 1);
         let held = slots.reserve(Some(&own)).acquire().await;
-        assert_eq!(slots.room_now(&jobs, Some(&own)), 0);
+        assert_eq!(room_now(&slots, &jobs, Some(&own)), 0);
         assert_eq!(slots.room(&jobs), 7, "other backends still have room");
         drop(held);
-        assert_eq!(slots.room_now(&jobs, Some(&own)), 1);
+        assert_eq!(room_now(&slots, &jobs, Some(&own)), 1);
     }
 }

@@ -8,8 +8,25 @@ use crate::job::attempt::Observer;
 use crate::job::record::Decision;
 use crate::job::row::Job;
 use crate::runner::activity::Activity;
-use crate::runner::metrics::{Metrics, TableLabels};
-use crate::store::Store;
+use crate::runner::metrics::Metrics;
+use crate::store::{StatusCounts, Store};
+
+/// Each job table with its rows per status, in the order the backends are configured.
+pub type RowCounts = Arc<Vec<(String, StatusCounts)>>;
+
+/// Counting every row of every table is a scan, so however short the poll interval, the counts
+/// are read at most this often.
+const ROWS_EVERY_AT_LEAST: Duration = Duration::from_secs(2);
+
+/// The last read of the row counts.
+#[derive(Default)]
+struct RowsRead {
+    /// When a read was last tried, successful or not: a database that does not answer is asked
+    /// again only after the interval too.
+    at: Option<Instant>,
+    /// The last counts that were read.
+    counts: Option<RowCounts>,
+}
 
 /// What the operations listener and systemd need to know about a running runner.
 pub struct RunnerStatus {
@@ -24,10 +41,10 @@ pub struct RunnerStatus {
     pub(super) live_armed: AtomicUsize,
     /// When the main loop last went round, so the watchdog only pings a loop that is alive.
     last_tick: Mutex<Instant>,
-    /// When the row gauges were last read from the database: at most once per `rows_every`,
-    /// however often `/metrics` is scraped. Held across the read, so concurrent scrapes wait for
+    /// The row counts `/metrics` and the dashboard show: read at most once per `rows_every`,
+    /// however often either asks. Held across the read, so callers arriving together wait for
     /// one read instead of each making their own.
-    rows_read: tokio::sync::Mutex<Option<Instant>>,
+    rows_read: tokio::sync::Mutex<RowsRead>,
     rows_every: Duration,
     /// The store's conflict count when it was last copied into the metric.
     conflicts_copied: Mutex<u64>,
@@ -40,7 +57,7 @@ impl RunnerStatus {
         backends: Vec<(String, String)>,
     ) -> RunnerStatus {
         let tables = backends.iter().map(|(_, table)| table.clone()).collect();
-        let rows_every = options.poll_interval;
+        let rows_every = options.poll_interval.max(ROWS_EVERY_AT_LEAST);
         RunnerStatus {
             runner_id: options.runner_id.clone(),
             concurrency: options.concurrency,
@@ -49,7 +66,7 @@ impl RunnerStatus {
             tables,
             live_armed: AtomicUsize::new(0),
             last_tick: Mutex::new(Instant::now()),
-            rows_read: tokio::sync::Mutex::new(None),
+            rows_read: tokio::sync::Mutex::new(RowsRead::default()),
             rows_every,
             conflicts_copied: Mutex::new(0),
         }
@@ -78,28 +95,34 @@ impl RunnerStatus {
         }
     }
 
-    /// Reads the pending and processing counts of every table into the row gauges, unless they
-    /// were read less than one poll interval ago.
-    pub async fn refresh_row_counts(&self, store: &Store) {
+    /// How old the row counts may be: the poll interval, but at least two seconds.
+    pub fn rows_every(&self) -> Duration {
+        self.rows_every
+    }
+
+    /// Rows per status of every table, read now unless they were read (or a read was tried)
+    /// less than [`RunnerStatus::rows_every`] ago; each read also sets the row gauges. The one
+    /// cache behind both `/metrics` and the dashboard, so they show the same numbers and cost
+    /// the database one read per interval between them. `None` until a read has succeeded.
+    pub async fn row_counts(&self, store: &Store) -> Option<RowCounts> {
         let mut read = self.rows_read.lock().await;
-        if read.is_some_and(|at| at.elapsed() < self.rows_every) {
-            return;
+        if read.at.is_some_and(|at| at.elapsed() < self.rows_every) {
+            return read.counts.clone();
         }
-        *read = Some(Instant::now());
-        for table in &self.tables {
-            for status in ["pending", "processing"] {
-                match store.count(table, status).await {
-                    Ok(count) => {
-                        let labels = TableLabels {
-                            table: table.clone(),
-                            status: status.into(),
-                        };
-                        self.metrics.rows.get_or_create(&labels).set(count as i64);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%table, error = %e, "could not count rows for metrics")
-                    }
+        read.at = Some(Instant::now());
+        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+        match store.counts_by_status(&tables).await {
+            Ok(counts) => {
+                let counts: RowCounts = Arc::new(self.tables.iter().cloned().zip(counts).collect());
+                for (table, of_table) in counts.iter() {
+                    self.metrics.set_rows(table, of_table);
                 }
+                read.counts = Some(counts.clone());
+                Some(counts)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not count rows; showing the last counts");
+                read.counts.clone()
             }
         }
     }
@@ -114,6 +137,10 @@ impl Observer for RunnerStatus {
 
     fn ended(&self) {
         self.metrics.ended();
+    }
+
+    fn panicked(&self, backend: &str) {
+        self.metrics.panicked(backend);
     }
 
     fn recorded(&self, backend: &str, job: &Job, decision: &Decision, elapsed: Duration) {

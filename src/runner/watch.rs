@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::status::RunnerStatus;
 use crate::store::{DueHint, Store};
@@ -47,25 +48,30 @@ impl WatchTarget {
 
 /// Keeps a LIVE SELECT open on `table`, on a connection of its own, and turns each notification
 /// into a wake-up (with the row's id as a hint when it is due). Re-arms it when it ends, after every reconnect of the main connection, and
-/// every [`LIVE_REFRESH`]; with a capped backoff while it cannot be started.
+/// every [`LIVE_REFRESH`]; with a capped backoff while it cannot be started. Once `stop` is
+/// cancelled it ends its query (KILL) before returning: a live query left on the server costs
+/// the database work on every write to the table until the server drops it.
 pub(super) async fn watch_table(
     store: Store,
     target: WatchTarget,
     wake: Arc<Notify>,
     status: Arc<RunnerStatus>,
+    stop: CancellationToken,
 ) {
     let table = target.table.clone();
     use futures::StreamExt;
     let mut reconnects = store.health().reconnects();
     let mut pause = Duration::from_millis(200);
     loop {
-        let connection = match store.own_connection().await {
-            Ok(connection) => connection,
-            Err(e) => {
+        let connection = match stop.run_until_cancelled(store.own_connection()).await {
+            None => return,
+            Some(Ok(connection)) => connection,
+            Some(Err(e)) => {
                 tracing::warn!(%table, error = %e, "no connection for live queries; polling only until there is one");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(30));
-                continue;
+                match backoff(&stop, &mut pause).await {
+                    true => continue,
+                    false => return,
+                }
             }
         };
         loop {
@@ -82,8 +88,10 @@ pub(super) async fn watch_table(
             wake.notify_one();
             let refresh = tokio::time::sleep(LIVE_REFRESH);
             tokio::pin!(refresh);
-            let stop = loop {
+            let ended = loop {
                 tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break true,
                     item = watch.hints.next() => match item {
                         Some(hint) => {
                             target.hint(hint);
@@ -106,19 +114,31 @@ pub(super) async fn watch_table(
             if let Err(e) = connection.end_watch(watch).await {
                 tracing::debug!(%table, error = %e, "could not end the previous live query");
             }
-            if stop {
+            if ended || stop.is_cancelled() {
                 return;
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(30));
+        if !backoff(&stop, &mut pause).await {
+            return;
+        }
     }
 }
 
-/// Counts the database's comebacks for `/metrics`.
-pub(super) async fn count_reconnects(store: Store, status: Arc<RunnerStatus>) {
+/// Waits `pause`, then doubles it up to 30 s; `false` when `stop` came first.
+async fn backoff(stop: &CancellationToken, pause: &mut Duration) -> bool {
+    let waited = stop.run_until_cancelled(tokio::time::sleep(*pause)).await;
+    *pause = (*pause * 2).min(Duration::from_secs(30));
+    waited.is_some()
+}
+
+/// Counts the database's comebacks for `/metrics`, until `stop`.
+pub(super) async fn count_reconnects(
+    store: Store,
+    status: Arc<RunnerStatus>,
+    stop: CancellationToken,
+) {
     let mut reconnects = store.health().reconnects();
-    while reconnects.changed().await.is_ok() {
+    while let Some(Ok(())) = stop.run_until_cancelled(reconnects.changed()).await {
         status.metrics.db_reconnects.inc();
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{Finished, Store, StoreError, query_err};
+use super::{Finished, JobStatus, Store, StoreError, query_err};
 
 /// Rows one bulk statement touches; a bulk verb runs slices of this size until none is left or
 /// its own bound is reached.
@@ -13,7 +13,7 @@ pub const SLICE: usize = 1_000;
 /// Which rows of a table an operator means. Every field is optional; all given must match.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     pub path: Option<String>,
     /// Contained in the id (`table:key`) or in `assigned_to`.
     pub text: Option<String>,
@@ -34,7 +34,7 @@ impl JobFilter {
 
     pub(super) fn bindings(&self) -> surrealdb::types::Object {
         let mut vars = surrealdb::types::Object::new();
-        vars.insert("status", self.status.clone());
+        vars.insert("status", self.status.map(|s| s.as_str().to_string()));
         vars.insert("path", self.path.clone());
         vars.insert("text", self.text.clone());
         vars.insert("since", self.changed_since);
@@ -62,7 +62,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         const STATEMENT: &str = "UPDATE ... SET status = 'pending' WHERE status = 'failed' (bulk)";
         let filter = JobFilter {
-            status: Some("failed".into()),
+            status: Some(JobStatus::Failed),
             ..filter.clone()
         };
         const WRITE: &str = "UPDATE $ids SET status = 'pending', retries = 0, \
@@ -83,7 +83,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         const STATEMENT: &str = "DELETE ... WHERE status = $status (bulk)";
         let filter = JobFilter {
-            status: Some(status.as_str().into()),
+            status: Some(status.into()),
             ..filter.clone()
         };
         const WRITE: &str = "DELETE $ids WHERE status = $status RETURN BEFORE;";

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{ErrorEntry, JobFilter, PageKey, Store, StoreError, query_err};
+use super::{
+    ErrorEntry, Finished, JobFilter, JobStatus, PageKey, StatusCounts, Store, StoreError, query_err,
+};
 
 impl Store {
     /// Creates a pending job the way `db.run` does; returns its id.
@@ -76,9 +78,8 @@ impl Store {
         Ok(count)
     }
 
-    /// Deletes every row of `table` that ended `status` (`success` or `failed`); returns how
-    /// many. In slices: one statement deleting tens of thousands of rows outlasts the statement
-    /// bound.
+    /// Deletes every row of `table` that ended `status`; returns how many. In slices: one
+    /// statement deleting tens of thousands of rows outlasts the statement bound.
     pub async fn delete_finished(&self, table: &str, status: Finished) -> Result<u64, StoreError> {
         const STATEMENT: &str = "DELETE ... WHERE status = $status (finished)";
         let table = Self::table(table)?;
@@ -100,7 +101,7 @@ impl Store {
     }
 
     /// How many rows of `table` have `status` (on the status index).
-    pub async fn count(&self, table: &str, status: &str) -> Result<u64, StoreError> {
+    pub async fn count(&self, table: &str, status: JobStatus) -> Result<u64, StoreError> {
         const STATEMENT: &str = "SELECT count() WHERE status = $status";
         let table = Self::table(table)?;
         let query = self
@@ -108,16 +109,16 @@ impl Store {
             .query(format!(
                 "SELECT count() AS n FROM {table} WHERE status = $status GROUP ALL"
             ))
-            .bind(("status", status.to_string()));
+            .bind(("status", status.as_str()));
         let mut response = self.exec(STATEMENT, query).await?;
         let rows: Vec<serde_json::Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
     }
 
-    /// Rows per status (`pending`, `processing`, `success`, `failed`, in that order) of each
-    /// table, in one request: what the dashboard reads once per refresh, however many pages
-    /// are open.
-    pub async fn counts_by_status(&self, tables: &[&str]) -> Result<Vec<[u64; 4]>, StoreError> {
+    /// Rows per status of each table, in one request: what the dashboard and `/metrics` read
+    /// once per refresh, however many pages are open and however often it is scraped. Rows
+    /// whose status is none of the four are not counted.
+    pub async fn counts_by_status(&self, tables: &[&str]) -> Result<Vec<StatusCounts>, StoreError> {
         const STATEMENT: &str = "SELECT status, count() GROUP BY status";
         if tables.is_empty() {
             return Ok(Vec::new());
@@ -133,16 +134,14 @@ impl Store {
         let mut counts = Vec::with_capacity(tables.len());
         for index in 0..tables.len() {
             let rows: Vec<Value> = response.take(index).map_err(query_err(STATEMENT))?;
-            let mut of_table = [0u64; 4];
+            let mut of_table = StatusCounts::default();
             for row in rows.into_iter().map(Value::into_json_value) {
-                let slot = match row["status"].as_str() {
-                    Some("pending") => 0,
-                    Some("processing") => 1,
-                    Some("success") => 2,
-                    Some("failed") => 3,
-                    _ => continue,
-                };
-                of_table[slot] = row["n"].as_u64().unwrap_or(0);
+                let status = row["status"]
+                    .as_str()
+                    .and_then(|s| s.parse::<JobStatus>().ok());
+                if let Some(status) = status {
+                    of_table.add(status, row["n"].as_u64().unwrap_or(0));
+                }
             }
             counts.push(of_table);
         }
@@ -289,20 +288,4 @@ pub struct NewJob {
 /// `job:<32 hex chars>`, like the Sp00ky client.
 pub fn new_job_key() -> String {
     format!("{:032x}", fastrand::u128(..))
-}
-
-/// The two final statuses, the only ones whose rows may be deleted in bulk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finished {
-    Success,
-    Failed,
-}
-
-impl Finished {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finished::Success => "success",
-            Finished::Failed => "failed",
-        }
-    }
 }

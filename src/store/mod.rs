@@ -5,7 +5,7 @@
 //! [`jobs`] creates, reads and repairs jobs for the admin API, the CLI and the benchmark;
 //! [`schema`] defines and inspects the job tables; [`schedules`] keeps the scheduler's ticks;
 //! [`bulk`] filters, retries and deletes many jobs at once for operators; [`ceiling`] is the
-//! benchmark's ideal queue.
+//! benchmark's ideal queue; [`status`] is the row status every other module compares with.
 //! This module depends on nothing else in the crate.
 //!
 //! Table names are formatted into statements (SurrealQL cannot bind a table name into an indexed
@@ -30,9 +30,10 @@ pub mod queue;
 pub mod rates;
 pub mod schedules;
 pub mod schema;
+pub mod status;
 
 pub use bulk::{JobFilter, PageKey};
-pub use jobs::{Finished, NewJob, new_job_key};
+pub use jobs::{NewJob, new_job_key};
 pub use queue::{
     Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, LookAndClaim, Watch, WriteBack,
 };
@@ -40,6 +41,7 @@ pub use rates::Grant;
 pub use schema::{
     QUEUE_FIELDS, RUNNER_FIELDS, SCHEDULE_FIELD, SCHEMA, TableInfo, definitions_for, schema_for,
 };
+pub use status::{Finished, JobStatus, StatusCounts, UnknownStatus};
 
 /// A failure to talk to SurrealDB, as opposed to a job's failure.
 #[derive(Debug, thiserror::Error)]
@@ -76,13 +78,29 @@ impl StoreError {
     /// the statement is tried again later, and it is never a job failure.
     pub fn is_conflict(&self) -> bool {
         match self {
-            StoreError::Query { source, .. } => {
-                let text = source.to_string().to_ascii_lowercase();
-                text.contains("conflict") || text.contains("retried")
-            }
+            StoreError::Query { source, .. } => is_conflict(source),
             _ => false,
         }
     }
+}
+
+/// Whether SurrealDB refused with a transaction conflict. The SDK types it
+/// (`QueryError::TransactionConflict`, on the embedded engines and over WebSocket and HTTP
+/// alike), here or anywhere in the cause chain, and the SDK says messages are not part of its
+/// contract: so the typed reason decides first. The message is still read after it, for the
+/// answers that carry no typed reason (a server that sends none, or a conflict that reached the
+/// SDK wrapped in another kind); those are the answers this runner has always counted.
+fn is_conflict(error: &surrealdb::Error) -> bool {
+    use surrealdb::types::QueryError;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if matches!(error.query_details(), Some(QueryError::TransactionConflict)) {
+            return true;
+        }
+        next = error.cause();
+    }
+    let text = error.to_string().to_ascii_lowercase();
+    text.contains("conflict") || text.contains("retried")
 }
 
 /// How to reach the database.
@@ -434,5 +452,35 @@ mod tests {
         assert!(!is_identifier("job; DELETE"));
         assert!(!is_identifier("job`x"));
         assert!(!is_identifier(""));
+    }
+
+    #[test]
+    fn conflicts_are_recognised_by_their_typed_reason_first() {
+        use surrealdb::types::QueryError;
+        let typed = surrealdb::Error::query("busy".into(), QueryError::TransactionConflict);
+        assert!(is_conflict(&typed), "typed, whatever the message says");
+        let caused = surrealdb::Error::internal("statement failed".into()).with_cause(typed);
+        assert!(is_conflict(&caused), "typed, as the cause");
+        let untyped = surrealdb::Error::internal(
+            "Transaction conflict: write. This transaction can be retried".into(),
+        );
+        assert!(is_conflict(&untyped), "untyped: the message decides");
+        let other = surrealdb::Error::query("timed out".into(), QueryError::NotExecuted);
+        assert!(!is_conflict(&other));
+        assert!(!is_conflict(&surrealdb::Error::internal(
+            "Found 'x' for field `status`".into()
+        )));
+        let wrapped = StoreError::Query {
+            statement: "UPDATE",
+            source: Box::new(surrealdb::Error::query(
+                "busy".into(),
+                QueryError::TransactionConflict,
+            )),
+        };
+        assert!(wrapped.is_conflict());
+        let timeout = StoreError::Timeout {
+            statement: "UPDATE",
+        };
+        assert!(!timeout.is_conflict());
     }
 }

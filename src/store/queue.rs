@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use surrealdb::types::{RecordId, Value};
 
-use super::{ErrorEntry, Store, StoreError, query_err, split_row};
+use super::{ErrorEntry, JobStatus, Store, StoreError, query_err, split_row};
 
 /// What one look at a table scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,10 @@ impl Look {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub id: RecordId,
-    /// `pending`, or `processing` for a row whose lease has run out.
-    pub status: String,
+    /// `pending`, or `processing` for a row whose lease has run out. `None` for a spelling this
+    /// runner does not know: the due queries select only those two, and one odd row must not
+    /// make the whole look fail.
+    pub status: Option<JobStatus>,
     /// The fencing token seen; the rescue of an expired lease compares against it.
     pub lease_token: String,
     pub due_at: Option<DateTime<Utc>>,
@@ -550,7 +552,7 @@ fn read_candidate(row: Value) -> Result<Candidate, StoreError> {
     let (id, fields) = split_row(row, "SELECT due rows")?;
     Ok(Candidate {
         id,
-        status: fields["status"].as_str().unwrap_or_default().to_string(),
+        status: fields["status"].as_str().and_then(|s| s.parse().ok()),
         lease_token: fields["lease_token"]
             .as_str()
             .unwrap_or_default()

@@ -514,3 +514,28 @@ async fn a_re_armed_live_query_leaves_one_subscription_on_the_server() {
         assert_eq!(lives.len(), 1, "{lives:?}");
     }
 }
+
+/// A graceful stop ends the runner's live queries on the server (and on an embedded engine,
+/// which keeps them for as long as the process lives): the watchers see the stop and end their
+/// queries, instead of being aborted with the queries still armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_leaves_no_live_query_on_the_server() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = Server::start().await;
+    let backend = TestBackend::ok().await;
+    for store in [server.store().await, crate::helpers::mem_store().await] {
+        let runner = crate::helpers::runner_for(&store, &backend.url).await;
+        let lives = || async {
+            let info = store.raw("INFO FOR TABLE job").await.unwrap();
+            info[0]["lives"].as_object().map_or(0, |lives| lives.len())
+        };
+        wait_until(
+            "the runner's live query",
+            Duration::from_secs(20),
+            || async { lives().await == 1 },
+        )
+        .await;
+        runner.stop().await;
+        assert_eq!(lives().await, 0, "live queries left after a graceful stop");
+    }
+}

@@ -131,6 +131,48 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
     the_job_verbs_work_on(&run, &id);
 }
 
+/// `enqueue` reads a new job as the claim will: a payload over the backend's
+/// `limits.payloadBytes` exits 2 with the claim's reason and writes nothing.
+#[test]
+fn enqueue_refuses_a_payload_over_the_backends_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    let config = std::fs::read_to_string(fixture("sp00ky-current.yml")).unwrap();
+    let limited = format!(
+        "{}\n    limits:\n      payloadBytes: 1024\n",
+        config.trim_end()
+    );
+    std::fs::write(dir.path().join("sp00ky.yml"), limited).unwrap();
+    let db = format!("surrealkv://{}", dir.path().join("db").display());
+    let run = |args: &[&str]| {
+        runner()
+            .current_dir(dir.path())
+            .env("TEST_BASE_URL", "http://127.0.0.1:9/api")
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let big = serde_json::json!({"id": "x".repeat(5000)}).to_string();
+    let refused = run(&["enqueue", "api", "/spookify", "--payload", &big]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("more than the backend's limit of 1024 (limits.payloadBytes)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("xxxxxxxx"), "{stderr}");
+    let listed = run(&["jobs", "list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["jobs"], serde_json::json!([]), "nothing was written");
+}
+
 #[test]
 fn a_public_listener_without_an_admin_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,7 @@ use crate::job::retry::RetryPolicy;
 use crate::job::retry::Strategy;
 use crate::job::validate::Routes;
 use crate::runner::{BackendRuntime, Runner, RunnerOptions};
-use crate::store::{DbSettings, Finished, NewJob, Store, StoreError, WriteBack};
+use crate::store::{DbSettings, Finished, JobStatus, NewJob, Store, StoreError, WriteBack};
 
 mod backend;
 mod ceiling;

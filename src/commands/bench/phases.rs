@@ -89,7 +89,7 @@ pub(super) async fn wait_succeeded(
     backend
         .until_answered(answered_before + count as usize)
         .await;
-    while store.count(table, "success").await? < count {
+    while store.count(table, JobStatus::Success).await? < count {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())

@@ -7,7 +7,7 @@
  *   3. session   – sign-in / sign-out; the token lives in sessionStorage only
  *   4. router    – hash routes #/, #/jobs?…, #/job/<id> → one show*() per view
  *   5. overview  – runner facts, one card per backend with two inline SVG charts
- *   6. jobs      – filters, table, paging, bulk actions, live row updates
+ *   6. jobs      – filters, table, paging, bulk actions, live re-reads of the page shown
  *   7. job page  – facts, payload, errors, timeline, retry / cancel
  *   8. actions   – the confirm <dialog>, POST requests, notices
  *   9. live feed – /v1/events read with fetch + a small SSE parser, reconnect with backoff
@@ -22,6 +22,7 @@
   const STATUSES = ['pending', 'processing', 'success', 'failed'];
   const STATUS_LABEL = { pending: 'Pending', processing: 'Processing', success: 'Success', failed: 'Failed' };
   const PAGE_SIZE = 50;
+  const LIVE_RELOAD_MS = 500; // the jobs page reads its page again at most this often
   const UNREACHABLE = 'The runner is not reachable';
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const ACTION_BUTTONS = ['job-retry', 'job-cancel', 'bulk-retry', 'bulk-delete'];
@@ -321,6 +322,7 @@
     state.jobs = {
       filters: null, filterKey: null, backend: '', table: undefined,
       pages: [''], next: null, seenCounts: null, eventsSinceOverview: 0,
+      changed: new Set(), reloadTimer: 0, reloading: false, reloadAgain: false, reloadedAt: 0,
     };
   }
 
@@ -589,19 +591,36 @@
     J.seenCounts = null;
     $('jobs-refresh').hidden = true;
     if (changed) $('jobs-body').replaceChildren(messageRow('Loading…'));
+    await loadJobsPage(f, seq);
+  }
 
+  /**
+   * Reads the page `f` names and draws exactly the server's answer: which jobs match the filters
+   * is decided by the server alone, so the page cannot disagree with the API or the CLI.
+   */
+  async function loadJobsPage(f, seq) {
+    const J = state.jobs;
     const query = new URLSearchParams();
     if (J.table) query.set('table', J.table);
     for (const key of ['status', 'path', 'q', 'cursor']) if (f[key]) query.set(key, f[key]);
     query.set('limit', String(PAGE_SIZE));
+    J.reloadedAt = Date.now();
     $('jobs-table').setAttribute('aria-busy', 'true');
     try {
       const data = await api('GET', `/v1/jobs?${query}`);
       if (seq !== state.seq) return;
       const rows = Array.isArray(data.jobs) ? data.jobs.filter((r) => r && typeof r === 'object') : [];
       J.next = typeof data.next_cursor === 'string' && data.next_cursor ? data.next_cursor : null;
+      // Redrawing must not throw keyboard focus out of the table.
+      const active = document.activeElement;
+      const focusedRow = active && $('jobs-body').contains(active) ? active.closest('tr') : null;
+      const focusedId = focusedRow ? focusedRow.dataset.id : null;
       $('jobs-body').replaceChildren(...rows.map(jobRow));
       if (!rows.length) $('jobs-body').append(messageRow('No jobs match these filters.'));
+      for (const id of J.changed) { const tr = findRow(id); if (tr) flash(tr); }
+      J.changed.clear();
+      const refocus = focusedId ? findRow(focusedId) : null;
+      if (refocus && refocus.querySelector('a')) refocus.querySelector('a').focus();
       J.seenCounts = countsOf(f.backend);
       J.eventsSinceOverview = 0;
       syncPager(rows.length);
@@ -637,7 +656,9 @@
     if (f.status) parts.push(`status ${f.status}`);
     if (f.path) parts.push(`path ${f.path}`);
     if (f.q) parts.push(`containing "${f.q}"`);
-    $('jobs-summary').textContent = parts.join(' · ');
+    // A live region: rewriting the same text on every live re-read would be announced again.
+    const summary = parts.join(' · ');
+    if ($('jobs-summary').textContent !== summary) $('jobs-summary').textContent = summary;
   }
 
   function goPage(delta) {
@@ -666,6 +687,13 @@
       if (names.includes(value)) select.value = value;
     }
     $('field-backend').hidden = names.length <= 1;
+  }
+
+  /** The status picker's options: "All", then STATUSES, so the page names each status once. */
+  function fillStatusPicker() {
+    $('filter-status').replaceChildren(
+      el('option', { value: '' }, 'All'),
+      ...STATUSES.map((s) => el('option', { value: s }, STATUS_LABEL[s])));
   }
 
   function fillFilterForm(f) {
@@ -728,31 +756,46 @@
     setTimeout(() => tr.classList.remove('row-flash'), 2200);
   }
 
-  function updateRow(tr, ev) {
-    tr.querySelector('.cell-status').replaceChildren(badge(ev.status));
-    if (ev.retries != null) tr.querySelector('.cell-retries').textContent = attempts(ev.retries, tr.dataset.maxRetries);
-    if (ev.at) tr.querySelector('.cell-updated').replaceChildren(timeEl(ev.at, 'rel'));
-    flash(tr);
-  }
-
-  /** A live status change: update the row in place, or add it on page 1 if it matches the filters. */
+  /**
+   * A live status change on this table: read the page shown again (at most every
+   * LIVE_RELOAD_MS), never decide here whether the job matches the filters.
+   */
   function applyJobEvent(ev) {
     const J = state.jobs;
-    const f = J.filters;
-    if (!f) return;
+    if (!J.filters) return;
     const sameTable = J.table !== undefined ? ev.table === J.table : ev.backend === J.backend;
-    if (sameTable) J.eventsSinceOverview++;
-    const tr = findRow(ev.id);
-    if (tr) { updateRow(tr, ev); return; }
-    if (!sameTable || f.cursor) return;
-    if (f.status && f.status !== ev.status) return;
-    if (f.path && f.path !== ev.path) return;
-    if (f.q && !ev.id.includes(f.q)) return;
-    const body = $('jobs-body');
-    for (const row of [...body.querySelectorAll('tr.message-row')]) row.remove();
-    const row = jobRow({ id: ev.id, path: ev.path, status: ev.status, retries: ev.retries, updated_at: ev.at });
-    body.prepend(row);
-    flash(row);
+    if (!sameTable) return;
+    J.eventsSinceOverview++;
+    J.changed.add(ev.id);
+    scheduleReload();
+  }
+
+  /** Throttles live re-reads: one at a time, and every burst of events is followed by one. */
+  function scheduleReload() {
+    const J = state.jobs;
+    if (J.reloading) { J.reloadAgain = true; return; }
+    if (J.reloadTimer) return;
+    const wait = Math.max(0, J.reloadedAt + LIVE_RELOAD_MS - Date.now());
+    J.reloadTimer = setTimeout(reloadJobs, wait);
+  }
+
+  async function reloadJobs() {
+    const J = state.jobs;
+    J.reloadTimer = 0;
+    const route = state.route;
+    if (!state.token || !route || route.view !== 'jobs' || !J.filters) return;
+    J.reloading = true;
+    try {
+      await loadJobsPage(J.filters, state.seq);
+    } catch (err) {
+      reportError(err);
+    } finally {
+      J.reloading = false;
+    }
+    if (J.reloadAgain && state.jobs === J) {
+      J.reloadAgain = false;
+      scheduleReload();
+    }
   }
 
   function countsOf(backend) {
@@ -1150,6 +1193,7 @@
 
   function init() {
     resetJobsState();
+    fillStatusPicker();
     wire();
     setInterval(refreshRelativeTimes, 30000);
     state.token = readToken();

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
+use sp00ky_job_runner::runner::Runner;
 use surrealdb::types::{RecordId, ToSql};
 
 use super::WAIT;
 use crate::helpers::*;
+use crate::ops::{ADMIN, call, serve_ops};
 
 /// A payload over `limits.payloadBytes` fails (`row`) before validation: no request, no retry,
 /// a short reason that does not quote it.
@@ -44,6 +46,52 @@ async fn oversized_payloads_fail_as_row_without_a_request() {
         "{reason}"
     );
     assert_eq!(backend.count(), 1, "only the payload that fits was sent");
+}
+
+/// Enqueue reads a new job with the claim's own reader: a payload over `limits.payloadBytes`,
+/// as an object or as the JSON string Sp00ky's client stores, is a 400 with the claim's reason
+/// and writes no row; one that fits is created.
+#[tokio::test]
+async fn oversized_payloads_are_refused_at_enqueue() {
+    let store = mem_store().await;
+    let limited = backends_with(
+        "http://127.0.0.1:9",
+        "job",
+        "baseMs: 50\n    limits:\n      payloadBytes: 1024",
+    );
+    sp00ky_job_runner::commands::prepare_tables(&store, &limited)
+        .await
+        .unwrap();
+    let runner = Runner::new(store.clone(), limited, fast_options("r1"));
+    let url = serve_ops(&store, &runner, Some(ADMIN)).await;
+    let enqueue = |payload: Value| {
+        let body = json!({"backend": "api", "path": "/spookify", "payload": payload});
+        call(
+            reqwest::Method::POST,
+            format!("{url}/v1/jobs"),
+            Some(ADMIN),
+            Some(body),
+        )
+    };
+    let big = json!({"id": "x".repeat(5000)});
+    for payload in [big.clone(), Value::String(big.to_string())] {
+        let (code, body) = enqueue(payload).await;
+        assert_eq!(code, 400, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("more than the backend's limit of 1024 (limits.payloadBytes)"),
+            "{error}"
+        );
+        assert!(error.len() < 200 && !error.contains("xxxxxxxx"), "{error}");
+    }
+    assert_eq!(
+        count_status(&store, "job", "pending").await,
+        0,
+        "a refused job writes no row"
+    );
+    let (code, body) = enqueue(json!({"id": "fits"})).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(count_status(&store, "job", "pending").await, 1);
 }
 
 /// Validation messages quote the offending value: they are cut, their control characters
