@@ -2,7 +2,7 @@
 
 use super::args::{GlobalArgs, SchemaArgs};
 use super::error::AppError;
-use super::service::{TableState, inspect_table};
+use super::service::table_exists;
 use super::settings::{ONE_SHOT_WAIT, connect, db_settings, load_backends, wait_for_database};
 use crate::config::{self, EnvLookup};
 use crate::job::retry::RetryPolicy;
@@ -23,9 +23,9 @@ pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppErr
     }
     for runtime in &backends {
         let backend = &runtime.backend;
-        let state = match inspect_table(&store, backend).await? {
-            TableState::Ready => "ready",
-            TableState::Missing => "missing (run creates it)",
+        let state = match table_exists(&store, backend).await? {
+            true => "ready",
+            false => "missing (run creates it)",
         };
         println!("backend:   {}", backend.name);
         println!("  table:   {} ({state})", backend.table);

@@ -16,48 +16,29 @@ use crate::ops::admin::Admin;
 use crate::ops::listener::OpsState;
 use crate::runner::{BackendRuntime, Runner, RunnerOptions, RunnerStatus};
 use crate::schedule::scheduler::{self, Planned};
-use crate::store::{self, Store};
+use crate::store::{self, Store, TableState};
 
-/// What the start-up inspection found for one table.
-pub enum TableState {
-    Ready,
-    /// Missing; the runner creates it from the shipped schema.
-    Missing,
-}
-
-/// Inspects the table of `backend`: a table that lacks fields the runner writes is refused with
-/// the exact statements to apply. A backend with schedules also writes `schedule`.
-pub async fn inspect_table(store: &Store, backend: &Backend) -> Result<TableState, AppError> {
+/// Whether the table of `backend` exists, after refusing one that lacks fields the runner
+/// writes, with the exact statements to apply. A backend with schedules also writes `schedule`.
+pub async fn table_exists(store: &Store, backend: &Backend) -> Result<bool, AppError> {
     let table = backend.table.as_str();
-    let info = store.table_info(table).await?;
-    if !info.exists {
-        return Ok(TableState::Missing);
-    }
-    // `due_at` and `priority` must be defined even on a schemaless table: their DEFAULTs are what
-    // put a row written by a Sp00ky client into the claim query.
-    let mut missing: Vec<&str> = Vec::new();
-    let schedule_field = (!backend.schedules.is_empty()).then_some(&store::SCHEDULE_FIELD);
-    for field in store::RUNNER_FIELDS
-        .iter()
-        .chain(&store::QUEUE_FIELDS)
-        .chain(schedule_field)
+    match store
+        .inspect_table(table, !backend.schedules.is_empty())
+        .await?
     {
-        let needed = info.schemafull || store::QUEUE_FIELDS.contains(field);
-        if needed && !info.fields.contains_key(*field) && !missing.contains(field) {
-            missing.push(field);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(AppError::Schema(format!(
+        TableState::Missing => Ok(false),
+        TableState::Lacks(missing) => Err(AppError::Schema(format!(
             "table `{table}` lacks fields the runner writes: {}. Apply these definitions (or run `sp00ky-job-runner schema --table {table} --apply`):\n\n{}\n",
             missing.join(", "),
             store::definitions_for(table, &missing)
-        )));
+        ))),
+        TableState::Ready { indexed } => {
+            if !indexed {
+                tracing::warn!(%table, "no index on the job table: the claim query scans it; apply `sp00ky-job-runner schema --table {table}`");
+            }
+            Ok(true)
+        }
     }
-    if info.indexes.is_empty() {
-        tracing::warn!(%table, "no index on the job table: the claim query scans it; apply `sp00ky-job-runner schema --table {table}`");
-    }
-    Ok(TableState::Ready)
 }
 
 /// Makes every job table ready: creates missing ones from the shipped schema, refuses ones that
@@ -65,7 +46,7 @@ pub async fn inspect_table(store: &Store, backend: &Backend) -> Result<TableStat
 pub async fn prepare_tables(store: &Store, backends: &[BackendRuntime]) -> Result<(), AppError> {
     for runtime in backends {
         let table = &runtime.backend.table;
-        if let TableState::Missing = inspect_table(store, &runtime.backend).await? {
+        if !table_exists(store, &runtime.backend).await? {
             tracing::info!(%table, "job table does not exist: defining it from schema/job.surql");
             store.apply_schema(table).await?;
         }

@@ -39,7 +39,8 @@ pub use queue::{
 };
 pub use rates::Grant;
 pub use schema::{
-    QUEUE_FIELDS, RUNNER_FIELDS, SCHEDULE_FIELD, SCHEMA, TableInfo, definitions_for, schema_for,
+    QUEUE_FIELDS, RUNNER_FIELDS, SCHEDULE_FIELD, SCHEMA, TableInfo, TableState, definitions_for,
+    schema_for,
 };
 pub use status::{Finished, JobStatus, StatusCounts, UnknownStatus};
 

@@ -36,7 +36,52 @@ pub struct TableInfo {
     pub indexes: BTreeMap<String, String>,
 }
 
+/// What a job table is, for the runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableState {
+    /// Missing; the runner creates it from the shipped schema.
+    Missing,
+    /// It exists but lacks fields the runner writes (or the claim reads), named here.
+    Lacks(Vec<&'static str>),
+    /// Ready; `indexed`: it has some index (without one, the claim query scans the table).
+    Ready { indexed: bool },
+}
+
+impl TableInfo {
+    /// What this table is for a runner that also writes `schedule` when `writes_schedule`.
+    /// `due_at` and `priority` must be defined even on a schemaless table: their DEFAULTs are
+    /// what put a row written by a Sp00ky client into the claim query.
+    pub fn state(&self, writes_schedule: bool) -> TableState {
+        if !self.exists {
+            return TableState::Missing;
+        }
+        let schedule = writes_schedule.then_some(&SCHEDULE_FIELD);
+        let mut missing: Vec<&'static str> = Vec::new();
+        for field in RUNNER_FIELDS.iter().chain(&QUEUE_FIELDS).chain(schedule) {
+            let needed = self.schemafull || QUEUE_FIELDS.contains(field);
+            if needed && !self.fields.contains_key(*field) && !missing.contains(field) {
+                missing.push(field);
+            }
+        }
+        match missing.is_empty() {
+            true => TableState::Ready {
+                indexed: !self.indexes.is_empty(),
+            },
+            false => TableState::Lacks(missing),
+        }
+    }
+}
+
 impl Store {
+    /// What `table` is for a runner that writes `schedule` when `writes_schedule`.
+    pub async fn inspect_table(
+        &self,
+        table: &str,
+        writes_schedule: bool,
+    ) -> Result<TableState, StoreError> {
+        Ok(self.table_info(table).await?.state(writes_schedule))
+    }
+
     /// `DEFINE NAMESPACE` and `DEFINE DATABASE`, idempotently.
     pub async fn define_namespace_and_database(&self) -> Result<(), StoreError> {
         const STATEMENT: &str = "DEFINE NAMESPACE IF NOT EXISTS; DEFINE DATABASE IF NOT EXISTS";
@@ -193,6 +238,48 @@ mod tests {
         assert!(!schema.contains(" job "));
         assert!(!schema.contains("--"));
     }
+    #[test]
+    fn a_table_is_ready_only_with_every_field_the_runner_writes() {
+        let with = |schemafull: bool, fields: &[&str], indexed: bool| TableInfo {
+            exists: true,
+            schemafull,
+            fields: fields
+                .iter()
+                .map(|f| (f.to_string(), String::new()))
+                .collect(),
+            indexes: match indexed {
+                true => [("job_due".to_string(), String::new())].into(),
+                false => BTreeMap::new(),
+            },
+        };
+        let all: Vec<&str> = RUNNER_FIELDS.iter().chain(&QUEUE_FIELDS).copied().collect();
+        assert_eq!(TableInfo::default().state(false), TableState::Missing);
+        assert_eq!(
+            with(true, &all, true).state(false),
+            TableState::Ready { indexed: true }
+        );
+        assert_eq!(
+            with(true, &all, false).state(true),
+            TableState::Lacks(vec!["schedule"]),
+            "a backend with schedules writes `schedule`"
+        );
+        assert_eq!(
+            with(false, &[], false).state(false),
+            TableState::Lacks(vec!["due_at", "priority"]),
+            "a schemaless table needs only the queue's fields"
+        );
+        assert_eq!(
+            with(true, &["status", "due_at", "priority"], true).state(false),
+            TableState::Lacks(vec![
+                "retries",
+                "errors",
+                "updated_at",
+                "assignee",
+                "lease_token"
+            ])
+        );
+    }
+
     #[test]
     fn definitions_cover_the_missing_fields() {
         let text = definitions_for("job", &["due_at", "lease_token"]);
