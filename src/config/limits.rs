@@ -191,6 +191,9 @@ pub const MAX_RETRIES_CAP_RANGE: RangeInclusive<u64> = 0..=1000;
 pub const PAYLOAD_BYTES: usize = 1024 * 1024;
 /// The range of `limits.payloadBytes`.
 pub const PAYLOAD_BYTES_RANGE: RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
+/// The longest `path` a job may have, in characters: every route of a spec is far shorter, and
+/// the schema refuses a longer one from a record user.
+pub const PATH_CHARS: usize = 2048;
 
 /// A row's `errors` keeps at most this many entries: the first [`ERRORS_HEAD`], a note of what
 /// was left out, and the most recent ones.

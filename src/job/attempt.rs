@@ -14,7 +14,7 @@ use crate::config::Backend;
 use crate::job::call::{CallContext, Caller};
 use crate::job::failure::Failure;
 use crate::job::record::{self, Decision, SuccessWriter, Written};
-use crate::job::row::Job;
+use crate::job::row::{self, Job};
 use crate::job::validate::{Request, Routes};
 use crate::store::{Store, StoreError};
 
@@ -82,7 +82,7 @@ pub async fn run<S>(
     attempts: &Attempts,
     backend: &Backend,
     routes: &Routes,
-    job: Job,
+    mut job: Job,
     stops: Stops,
     slot: impl std::future::Future<Output = S>,
 ) -> Outcome {
@@ -108,12 +108,16 @@ pub async fn run<S>(
     }
     observer.started(&backend.name, &job, lag);
     let _ended = Ended(observer);
+    if let Err(outcome) = read_withheld(&attempts.store, &mut job, backend).await {
+        return outcome;
+    }
 
     let result = match prepare(backend, routes, &job) {
         Err(failure) => Err(failure),
         Ok((request, timeout)) => {
             let context = CallContext {
                 job_id: &job.display_id,
+                asker: &job.asker,
                 attempt: job.attempt(),
                 token: backend.token.as_ref(),
                 timeout,
@@ -225,6 +229,39 @@ pub async fn run_caught<S>(
     tracing::error!(job = %held.display_id, backend = %backend.name, panic = %message, "the attempt panicked; releasing the job");
     attempts.observer.panicked(&backend.name);
     release_held(&attempts.store, &held).await;
+}
+
+/// Reads a payload the claim's reply left out (see [`crate::store::INLINE_CHARS`]), within the
+/// backend's limit; a payload that fails the limit or does not parse fails the job as the
+/// claim would have. `Err`: the outcome of an attempt that cannot go on (the lease is gone, or
+/// the database did not answer: the job goes back to `pending` without spending an attempt).
+async fn read_withheld(store: &Store, job: &mut Job, backend: &Backend) -> Result<(), Outcome> {
+    let Ok(row) = &mut job.row else {
+        return Ok(());
+    };
+    if !row.payload_withheld {
+        return Ok(());
+    }
+    match store.withheld_payload(&job.id, &job.token).await {
+        Ok(Some(payload)) => {
+            match row::read_payload(Some(&payload), &backend.row_limits) {
+                Ok(payload) => {
+                    row.payload = payload;
+                    row.payload_withheld = false;
+                }
+                Err(failure) => job.row = Err(failure),
+            }
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::warn!(job = %job.display_id, "lost the lease before reading the payload; another runner owns the job now");
+            Err(Outcome::LostLease)
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.display_id, error = %e, "could not read the payload; releasing the job");
+            Err(release(store, job).await)
+        }
+    }
 }
 
 /// What releasing a claimed row needs, kept apart from the [`Job`] an attempt consumes.

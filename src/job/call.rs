@@ -11,6 +11,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USE
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::job::failure::{Failure, FailureKind, excerpt};
+use crate::job::row::Asker;
 use crate::job::validate::Request;
 
 /// The most of a response body the runner reads.
@@ -19,6 +20,10 @@ pub const BODY_CAP: usize = 64 * 1024;
 pub const EXCERPT_CHARS: usize = 300;
 /// The header that carries the attempt number (1 for the first attempt).
 pub const ATTEMPT_HEADER: &str = "x-sp00ky-attempt";
+/// The record user who created the job (`created_by`); absent for a system user's job.
+pub const USER_HEADER: &str = "x-sp00ky-user";
+/// The record the job concerns (`assigned_to`); absent when the row names none.
+pub const ASSIGNED_TO_HEADER: &str = "x-sp00ky-assigned-to";
 
 /// An HTTP client shared by every job (connection pooling).
 #[derive(Clone)]
@@ -29,6 +34,8 @@ pub struct Caller {
 /// Who is calling, for the request headers.
 pub struct CallContext<'a> {
     pub job_id: &'a str,
+    /// Sent as [`USER_HEADER`] and [`ASSIGNED_TO_HEADER`].
+    pub asker: &'a Asker,
     pub attempt: u32,
     pub token: Option<&'a SecretString>,
     pub timeout: Duration,
@@ -68,6 +75,14 @@ impl Caller {
             .header("idempotency-key", idempotency_key)
             .header(ATTEMPT_HEADER, context.attempt.to_string())
             .body(serde_json::to_vec(&request.body).expect("a JSON value always serialises"));
+        for (name, value) in [
+            (USER_HEADER, &context.asker.user),
+            (ASSIGNED_TO_HEADER, &context.asker.assigned_to),
+        ] {
+            if let Some(value) = value {
+                builder = builder.header(name, header_value(name, value)?);
+            }
+        }
         if let Some(token) = context.token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
                 .map_err(|_| {
@@ -124,10 +139,28 @@ impl Default for Caller {
     }
 }
 
+/// A record id from the row as a header value; one that cannot be sent (a control character in
+/// its key) is a permanent failure of the row, not a transport error to retry.
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, Failure> {
+    HeaderValue::from_str(value).map_err(|_| {
+        Failure::new(
+            FailureKind::Row,
+            format!(
+                "{:?} cannot be sent as the {name} header",
+                excerpt(value, 100)
+            ),
+        )
+    })
+}
+
+/// The failure an app user may read: the cause chain ("connection refused") without the URL,
+/// which may name a backend's internal host (operators get it in the log line below). Headers
+/// never appear: reqwest does not print them.
 fn transport(error: &reqwest::Error) -> Failure {
-    // The whole cause chain ("connection refused"), without the URL's query (there is none) and
-    // never with headers: reqwest does not print them.
-    let mut reason = error.to_string();
+    if let Some(url) = error.url() {
+        tracing::info!(url = %url, error = %error, "backend call failed before a response");
+    }
+    let mut reason = reqwest_without_url(error);
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         reason.push_str(": ");
@@ -140,6 +173,17 @@ fn transport(error: &reqwest::Error) -> Failure {
         FailureKind::Transport
     };
     Failure::new(kind, reason)
+}
+
+/// `error`'s own message without the URL reqwest appends to it (`... for url (...)`).
+fn reqwest_without_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match error.url() {
+        Some(url) => text
+            .replace(&format!(" for url ({url})"), "")
+            .replace(url.as_str(), "[backend]"),
+        None => text,
+    }
 }
 
 async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {

@@ -299,7 +299,7 @@ impl Claimer {
         store: &Store,
         candidate: &Candidate,
     ) -> Result<Option<Job>, StoreError> {
-        let Some(current) = store.get(&candidate.id).await? else {
+        let Some(current) = store.lease_state(&candidate.id).await? else {
             return Ok(None);
         };
         let retries = read_count(&current, "retries").unwrap_or(0);
@@ -307,15 +307,12 @@ impl Claimer {
             .unwrap_or(limits::MAX_RETRIES)
             .min(self.limits.max_retries);
         let lost_attempt = retries + 1;
+        // App users read `errors`: the runner's name (host, pid) goes to the log only.
+        let holder = current.get("assignee").and_then(Value::as_str);
+        tracing::info!(job = %candidate.id.to_sql(), runner = holder.unwrap_or("unknown"), "taking over an expired lease");
         let failure = Failure::new(
             FailureKind::LeaseExpired,
-            format!(
-                "the runner that held this job ({}) stopped renewing its lease; the call may have reached the backend",
-                current
-                    .get("assignee")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-            ),
+            "the runner that held this job stopped renewing its lease; the call may have reached the backend",
         );
         let give_up = retries >= max_retries;
         let token = new_token();

@@ -249,6 +249,7 @@ mod tests {
             row: Ok(JobRow {
                 path: "/x".into(),
                 payload: serde_json::Value::Null,
+                payload_withheld: false,
                 max_retries,
                 strategy,
                 timeout: None,
@@ -256,6 +257,7 @@ mod tests {
             due_at: None,
             history: Default::default(),
             rescued: false,
+            asker: Default::default(),
         }
     }
 

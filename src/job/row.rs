@@ -33,6 +33,34 @@ pub struct Job {
     pub history: History,
     /// Taken over from a runner whose lease ran out (not claimed as pending).
     pub rescued: bool,
+    /// Who asked for the job and what it concerns, as the backend is told ([`Asker`]).
+    pub asker: Asker,
+}
+
+/// Who asked for a job: the record user the database wrote into `created_by` (absent for a
+/// system user's job) and the record the job concerns (`assigned_to`). Both are read from the
+/// row, never from the payload, so a backend can check that the user may act on the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asker {
+    pub user: Option<String>,
+    pub assigned_to: Option<String>,
+}
+
+impl Asker {
+    /// A record id as the row holds it (`table:key`); anything else is no record and is left out.
+    fn of_row(fields: &Value) -> Asker {
+        let record = |field: &str| {
+            fields
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|id| id.contains(':'))
+                .map(str::to_string)
+        };
+        Asker {
+            user: record("created_by"),
+            assigned_to: record("assigned_to"),
+        }
+    }
 }
 
 /// The client-written fields of a row, read and checked.
@@ -40,7 +68,11 @@ pub struct Job {
 pub struct JobRow {
     pub path: String,
     /// The payload as JSON: Sp00ky's client stores a JSON string, which is parsed here.
+    /// `Null` while `payload_withheld`.
     pub payload: Value,
+    /// The claim's reply left the payload out (it is longer than [`crate::store::INLINE_CHARS`]
+    /// but within the backend's limit); the attempt reads it on its own ([`read_payload`]).
+    pub payload_withheld: bool,
     pub max_retries: u32,
     pub strategy: Strategy,
     /// The row's own `timeout`, seconds; honoured only when the backend allows it.
@@ -83,6 +115,7 @@ pub fn read_job(
         due_at,
         history: History::of_row(fields),
         rescued: false,
+        asker: Asker::of_row(fields),
     }
 }
 
@@ -91,16 +124,7 @@ pub fn read_job(
 /// as [`payload_text`] stores it), so no limit applies at one end only.
 pub fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failure> {
     let bad = |message: String| Failure::new(FailureKind::Row, message);
-    let path = match fields.get("path") {
-        Some(Value::String(path)) => path.clone(),
-        Some(Value::Null) | None => return Err(bad("the row has no `path`".into())),
-        Some(other) => {
-            return Err(bad(format!(
-                "`path` must be a string, got {}",
-                type_name(other)
-            )));
-        }
-    };
+    let path = read_path(fields)?;
     let max_retries = match fields.get("max_retries") {
         None | Some(Value::Null) => limits::MAX_RETRIES,
         Some(value) => value
@@ -145,10 +169,22 @@ pub fn read_row(fields: &Value, row_limits: &RowLimits) -> Result<JobRow, Failur
                 })?,
         ),
     };
-    let payload = read_payload(fields.get("payload"), row_limits)?;
+    let payload_chars = fields.get("payload_chars").and_then(Value::as_u64);
+    // Every character is at least one byte: more characters than the limit allows bytes is
+    // over the limit, without reading the payload.
+    if let Some(n) = payload_chars.filter(|n| *n > row_limits.payload_bytes as u64) {
+        return Err(payload_too_big(&format!("{n} characters"), row_limits));
+    }
+    let withheld = matches!(fields.get("payload"), None | Some(Value::Null))
+        && payload_chars.is_some_and(|n| n > 0);
+    let payload = match withheld {
+        true => Value::Null,
+        false => read_payload(fields.get("payload"), row_limits)?,
+    };
     Ok(JobRow {
         path,
         payload,
+        payload_withheld: withheld,
         max_retries,
         strategy,
         timeout,
@@ -165,22 +201,53 @@ pub fn payload_text(payload: Value) -> String {
     }
 }
 
+/// The row's `path`, within [`limits::PATH_CHARS`]. A claim reports the length of a path it
+/// left out of its reply (see `store::INLINE_CHARS`) instead of the path.
+fn read_path(fields: &Value) -> Result<String, Failure> {
+    let bad = |message: String| Failure::new(FailureKind::Row, message);
+    let path_chars = fields
+        .get("path_chars")
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            let path = fields.get("path").and_then(Value::as_str);
+            path.map(|p| p.chars().count() as u64)
+        });
+    if let Some(n) = path_chars.filter(|n| *n > limits::PATH_CHARS as u64) {
+        return Err(bad(format!(
+            "`path` is {n} characters, more than the limit of {}",
+            limits::PATH_CHARS
+        )));
+    }
+    match fields.get("path") {
+        Some(Value::String(path)) => Ok(path.clone()),
+        Some(Value::Null) | None => Err(bad("the row has no `path`".into())),
+        Some(other) => Err(bad(format!(
+            "`path` must be a string, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+fn payload_too_big(size: &str, row_limits: &RowLimits) -> Failure {
+    Failure::new(
+        FailureKind::Row,
+        format!(
+            "`payload` is {size}, more than the backend's limit of {} (limits.payloadBytes)",
+            row_limits.payload_bytes
+        ),
+    )
+}
+
 /// The payload within the size limit, parsed when it is a JSON string (what Sp00ky's client
 /// stores). The size is checked first, so an oversized payload costs no parse.
-fn read_payload(payload: Option<&Value>, row_limits: &RowLimits) -> Result<Value, Failure> {
+pub fn read_payload(payload: Option<&Value>, row_limits: &RowLimits) -> Result<Value, Failure> {
     let size = match payload {
         Some(Value::String(text)) => text.len(),
         Some(value) => serde_json::to_string(value).map_or(usize::MAX, |text| text.len()),
         None => 0,
     };
     if size > row_limits.payload_bytes {
-        return Err(Failure::new(
-            FailureKind::Row,
-            format!(
-                "`payload` is {size} bytes, more than the backend's limit of {} (limits.payloadBytes)",
-                row_limits.payload_bytes
-            ),
-        ));
+        return Err(payload_too_big(&format!("{size} bytes"), row_limits));
     }
     match payload {
         None => Ok(Value::Null),

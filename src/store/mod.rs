@@ -26,6 +26,7 @@ use tokio::sync::watch;
 pub mod bulk;
 pub mod ceiling;
 pub mod jobs;
+pub mod live;
 pub mod queue;
 pub mod rates;
 pub mod schedules;
@@ -34,8 +35,9 @@ pub mod status;
 
 pub use bulk::{JobFilter, PageKey};
 pub use jobs::{NewJob, new_job_key};
+pub use live::{DueHint, Watch};
 pub use queue::{
-    Candidate, Claim, ClaimedRow, DueHint, DueRows, Look, LookAndClaim, Watch, WriteBack,
+    Candidate, Claim, ClaimedRow, DueRows, INLINE_CHARS, Look, LookAndClaim, WriteBack,
 };
 pub use rates::Grant;
 pub use schema::{

@@ -1,10 +1,10 @@
 //! The hot path: which rows are due, claiming them by compare-and-set, renewing leases, writing
-//! results back (each fenced by the claim's token), and the live query that hints at new rows.
+//! results back (each fenced by the claim's token). The live query that hints at new rows is
+//! in [`super::live`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use surrealdb::types::{RecordId, Value};
 
 use super::{ErrorEntry, JobStatus, Store, StoreError, query_err, split_row};
@@ -41,12 +41,6 @@ pub struct Candidate {
     /// The fencing token seen; the rescue of an expired lease compares against it.
     pub lease_token: String,
     pub due_at: Option<DateTime<Utc>>,
-}
-
-/// A live query on a table's pending rows: its id on the database, and its hints.
-pub struct Watch {
-    id: surrealdb::types::Value,
-    pub hints: futures::stream::BoxStream<'static, Option<DueHint>>,
 }
 
 /// What a look at a table found.
@@ -203,7 +197,7 @@ impl Store {
                  RETURN $prioritised; \
                  RETURN $due; \
                  IF $prioritised = false AND array::len($due) > 0 {{ \
-                   UPDATE $due.id {CLAIM_PENDING} \
+                   UPDATE $due.id {CLAIM_PENDING} {CLAIMED} \
                  }} ELSE {{ [] }};"
             ))
             .bind(("now", now))
@@ -275,7 +269,7 @@ impl Store {
         }
         let query = self
             .db
-            .query(format!("UPDATE $ids {CLAIM_PENDING}"))
+            .query(format!("UPDATE $ids {CLAIM_PENDING} {CLAIMED}"))
             .bind(("ids", ids))
             .bind(claim.bindings());
         let mut response = self.exec(STATEMENT, query).await?;
@@ -309,7 +303,7 @@ impl Store {
                 "UPDATE ONLY $id SET {set}, updated_at = time::now(), \
                    {errors} \
                  WHERE status = 'processing' AND (lease_token ?? '') = $seen AND due_at <= time::now() \
-                 RETURN AFTER"
+                 {CLAIMED}"
             ))
             .bind(("id", candidate.id.clone()))
             .bind(("seen", candidate.lease_token.clone()))
@@ -429,6 +423,37 @@ impl Store {
             .collect()
     }
 
+    /// The payload a claim left out of its reply (see [`INLINE_CHARS`]), read on its own while
+    /// this claim holds the row; `None` when the lease is gone.
+    pub async fn withheld_payload(
+        &self,
+        id: &RecordId,
+        token: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "SELECT VALUE payload FROM $id WHERE lease_token = $claim_token";
+        let query = self
+            .db
+            .query("SELECT VALUE payload FROM $id WHERE lease_token = $claim_token")
+            .bind(("id", id.clone()))
+            .bind(("claim_token", token.to_string()));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let rows: Vec<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(rows.into_iter().next().map(Value::into_json_value))
+    }
+
+    /// What taking over an expired lease needs of a row: its attempts, its history and who held
+    /// it; never the client's fields, which may be large.
+    pub async fn lease_state(
+        &self,
+        id: &RecordId,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        const STATEMENT: &str = "SELECT retries, max_retries, errors, assignee FROM ONLY $id";
+        let query = self.db.query(STATEMENT).bind(("id", id.clone()));
+        let mut response = self.exec(STATEMENT, query).await?;
+        let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
+        Ok(row.map(Value::into_json_value))
+    }
+
     /// Puts a claimed row back to `pending` without spending an attempt (shutdown).
     pub async fn release(&self, id: &RecordId, token: &str) -> Result<bool, StoreError> {
         const STATEMENT: &str = "UPDATE ONLY ... SET status = 'pending' (release)";
@@ -444,50 +469,6 @@ impl Store {
         let mut response = self.exec(STATEMENT, query).await?;
         let row: Option<Value> = response.take(0).map_err(query_err(STATEMENT))?;
         Ok(row.is_some())
-    }
-
-    /// A stream that yields once per change to a pending row of `table`, with the row's id when
-    /// it is due already: the runner claims such a row straight away, without first asking which
-    /// rows are due. Notifications are only ever a hint; the due query stays the source of truth
-    /// (notifications can be missed, and a hinted row may be taken by another runner first).
-    ///
-    /// End it with [`Store::end_watch`] on this same store: dropping the stream alone leaves the
-    /// live query running on the database (the SDK kills it from another session, which the
-    /// server refuses), and each one left behind costs the database work on every write to the
-    /// table.
-    pub async fn watch_pending(&self, table: &str) -> Result<Watch, StoreError> {
-        const STATEMENT: &str = "LIVE SELECT";
-        let table = Self::table(table)?;
-        let query = self.db.query(format!(
-            "LIVE SELECT id, due_at FROM {table} WHERE status = 'pending'"
-        ));
-        let mut response = self.exec(STATEMENT, query).await?;
-        let id: surrealdb::types::Value = response.take(0).map_err(query_err(STATEMENT))?;
-        let stream = response
-            .stream::<surrealdb::Notification<Value>>(0)
-            .map_err(query_err(STATEMENT))?;
-        let hints = stream
-            .map(|item| {
-                let notification = item.ok()?;
-                match notification.action {
-                    surrealdb::types::Action::Create | surrealdb::types::Action::Update => {
-                        due_hint(notification.data, Utc::now())
-                    }
-                    _ => None,
-                }
-            })
-            .boxed();
-        Ok(Watch { id, hints })
-    }
-
-    /// Ends a live query started by [`Store::watch_pending`] on this store.
-    pub async fn end_watch(&self, watch: Watch) -> Result<(), StoreError> {
-        const STATEMENT: &str = "KILL";
-        let Watch { id, hints } = watch;
-        drop(hints);
-        self.exec(STATEMENT, self.db.query("KILL $id").bind(("id", id)))
-            .await?;
-        Ok(())
     }
 }
 
@@ -508,6 +489,7 @@ impl Claim<'_> {
         vars.insert("runner", self.runner.to_string());
         vars.insert("claim_token", self.token.to_string());
         vars.insert("lease_ms", lease_millis(self.lease));
+        vars.insert("inline", INLINE_CHARS);
         vars
     }
 }
@@ -523,7 +505,26 @@ fn lease_millis(lease: Duration) -> i64 {
 const CLAIM_PENDING: &str = "SET status = 'processing', assignee = $runner, \
     lease_token = $claim_token, due_at = time::now() + duration::from_millis($lease_ms), \
     updated_at = time::now() \
-    WHERE status = 'pending' AND due_at <= time::now() RETURN AFTER";
+    WHERE status = 'pending' AND due_at <= time::now()";
+
+/// The most characters of a row's `payload` or `path` a claim's reply carries. A claim answers
+/// for a whole batch in one reply, and rows are untrusted (a row written by a system user, or
+/// before the schema bounded them, may hold megabytes): so a larger value is left out and only
+/// its length is reported. An oversized one then fails its own job without ever being read; one
+/// within the backend's limit is read on its own when its job starts
+/// ([`Store::withheld_payload`]). Every row of a batch is therefore bounded, whatever the others
+/// hold.
+pub const INLINE_CHARS: i64 = 16 * 1024;
+
+/// What a claim returns of each row it took (see [`INLINE_CHARS`]): the fields a job's life
+/// reads, never the whole row. `payload_chars` and `path_chars` are the database's count of
+/// characters (a payload that is not a string is measured in its SurrealQL text form).
+const CLAIMED: &str = "RETURN id, retries, max_retries, retry_strategy, timeout, errors, \
+    created_by, assigned_to, \
+    string::len(<string> (path ?? '')) AS path_chars, \
+    IF string::len(<string> (path ?? '')) <= $inline THEN path ELSE NONE END AS path, \
+    string::len(<string> (payload ?? '')) AS payload_chars, \
+    IF string::len(<string> (payload ?? '')) <= $inline THEN payload ELSE NONE END AS payload";
 
 /// The `due_at` condition of a priority-0 look. The planner takes one bound of `due_at` as the
 /// index range, the first it reads; the other is a filter. A narrow look's range is its lower
@@ -562,47 +563,4 @@ fn read_candidate(row: Value) -> Result<Candidate, StoreError> {
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|d| d.with_timezone(&Utc)),
     })
-}
-
-/// A pending row a live query reported as due.
-#[derive(Debug, Clone)]
-pub struct DueHint {
-    pub id: RecordId,
-    pub due_at: DateTime<Utc>,
-}
-
-/// Reads a live-query row into a hint when it is due at `now`.
-fn due_hint(row: Value, now: DateTime<Utc>) -> Option<DueHint> {
-    let Value::Object(object) = row else {
-        return None;
-    };
-    let mut map = object.into_inner();
-    let Some(Value::RecordId(id)) = map.remove("id") else {
-        return None;
-    };
-    let Some(Value::Datetime(due_at)) = map.remove("due_at") else {
-        return None;
-    };
-    let due_at: DateTime<Utc> = due_at.into();
-    (due_at <= now).then_some(DueHint { id, due_at })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_due_rows_become_hints() {
-        let now = Utc::now();
-        let row = |due_at: DateTime<Utc>| {
-            let mut object = surrealdb::types::Object::new();
-            object.insert("id", RecordId::new("job", "a"));
-            object.insert("due_at", surrealdb::types::Datetime::from(due_at));
-            Value::Object(object)
-        };
-        let hint = due_hint(row(now - chrono::Duration::milliseconds(1)), now).unwrap();
-        assert_eq!(hint.id, RecordId::new("job", "a"));
-        assert!(due_hint(row(now + chrono::Duration::seconds(5)), now).is_none());
-        assert!(due_hint(Value::None, now).is_none());
-    }
 }

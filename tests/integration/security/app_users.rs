@@ -13,14 +13,18 @@ use super::WAIT;
 use crate::helpers::*;
 
 /// Runs `query` in `session`; the first statement's rows as JSON.
-async fn rows(session: &Surreal<Any>, query: &str) -> surrealdb::Result<Vec<Value>> {
+pub(super) async fn rows(session: &Surreal<Any>, query: &str) -> surrealdb::Result<Vec<Value>> {
     let mut response = session.query(query).await?.check()?;
     let rows: Vec<surrealdb::types::Value> = response.take(0)?;
     Ok(rows.into_iter().map(|v| v.into_json_value()).collect())
 }
 
 /// Creates a job as `session` does through `db.run`; its id.
-async fn create_as(session: &Surreal<Any>, key: &str, extra: &str) -> surrealdb::Result<Value> {
+pub(super) async fn create_as(
+    session: &Surreal<Any>,
+    key: &str,
+    extra: &str,
+) -> surrealdb::Result<Value> {
     let query = format!(
         "CREATE ONLY job:{key} SET path = '/spookify', payload = '{{\"id\":\"t\"}}', max_retries = 0{extra} RETURN VALUE id"
     );

@@ -16,6 +16,7 @@ mod app_users;
 mod bounded;
 mod claims;
 mod params;
+mod tenants;
 
 const WAIT: Duration = Duration::from_secs(20);
 
