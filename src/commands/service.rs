@@ -50,6 +50,9 @@ pub async fn prepare_tables(store: &Store, backends: &[BackendRuntime]) -> Resul
             tracing::info!(%table, "job table does not exist: defining it from schema/job.surql");
             store.apply_schema(table).await?;
         }
+        store
+            .set_pending_quota(table, runtime.backend.row_limits.pending_per_user)
+            .await?;
         let backfilled = store.backfill_due(table).await?;
         if backfilled > 0 {
             tracing::info!(%table, rows = backfilled, "gave rows written before the runner's schema a due time");

@@ -320,13 +320,37 @@ impl Walker<'_> {
         Ok(retry)
     }
 
-    /// The `limits` block (ours): `payloadBytes` and `maxRetries`, each within its range.
+    /// The `limits` block (ours): `payloadBytes`, `maxRetries` and `perUser.pending`, each
+    /// within its range.
     fn row_limits(&self, block: &Value, key: &str) -> Result<limits::RowLimits, ConfigError> {
         let block = self.object(block, key)?;
         let mut row_limits = limits::RowLimits::default();
-        let read = |field: &str, range: &std::ops::RangeInclusive<u64>| {
+        if let Some(other) = block
+            .keys()
+            .find(|k| !["payloadBytes", "maxRetries", "perUser"].contains(&k.as_str()))
+        {
+            return Err(self.err(
+                &format!("{key}.{other}"),
+                "unknown key; limits takes `payloadBytes`, `maxRetries` and `perUser`",
+            ));
+        }
+        let per_user = match block.get("perUser") {
+            Some(value) => Some(self.object(value, &format!("{key}.perUser"))?),
+            None => None,
+        };
+        if let Some(other) = per_user.and_then(|b| b.keys().find(|k| *k != "pending")) {
+            return Err(self.err(
+                &format!("{key}.perUser.{other}"),
+                "unknown key; perUser takes `pending`",
+            ));
+        }
+        // `field` is the key's path under `limits`; its last part is the key in `block`.
+        let read_in = |block: Option<&serde_json::Map<String, Value>>,
+                       field: &str,
+                       range: &std::ops::RangeInclusive<u64>| {
             let key = format!("{key}.{field}");
-            match self.opt_u64(block.get(field), &key)? {
+            let name = field.rsplit('.').next().unwrap_or(field);
+            match self.opt_u64(block.and_then(|b| b.get(name)), &key)? {
                 Some(n) if !range.contains(&n) => Err(self.err(
                     &key,
                     format!(
@@ -338,11 +362,17 @@ impl Walker<'_> {
                 other => Ok(other),
             }
         };
+        let read = |field, range| read_in(Some(block), field, range);
         if let Some(bytes) = read("payloadBytes", &limits::PAYLOAD_BYTES_RANGE)? {
             row_limits.payload_bytes = bytes as usize;
         }
         if let Some(retries) = read("maxRetries", &limits::MAX_RETRIES_CAP_RANGE)? {
             row_limits.max_retries = retries as u32;
+        }
+        if let Some(pending) =
+            read_in(per_user, "perUser.pending", &limits::PENDING_PER_USER_RANGE)?
+        {
+            row_limits.pending_per_user = pending as u32;
         }
         Ok(row_limits)
     }

@@ -201,13 +201,23 @@ pub const ERRORS_KEPT: usize = 25;
 /// How many of the first failures `errors` always keeps.
 pub const ERRORS_HEAD: usize = 5;
 
-/// What one row may cost, per backend (the `limits:` block, a key of this runner's own).
+/// `limits.perUser.pending`: the most jobs one record user may have pending in a table at
+/// once; the database refuses the next `db.run()` (the table's create permission, so system
+/// users are never limited).
+pub const PENDING_PER_USER: u32 = 1000;
+/// The range of `limits.perUser.pending`.
+pub const PENDING_PER_USER_RANGE: RangeInclusive<u64> = 1..=10_000_000;
+
+/// What one row, and one user, may cost, per backend (the `limits:` block, a key of this
+/// runner's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowLimits {
     /// The largest payload, in bytes of its JSON text.
     pub payload_bytes: usize,
     /// The most retries a row gets, whatever its `max_retries` says.
     pub max_retries: u32,
+    /// The most pending jobs of one record user ([`PENDING_PER_USER`]).
+    pub pending_per_user: u32,
 }
 
 impl Default for RowLimits {
@@ -215,6 +225,7 @@ impl Default for RowLimits {
         RowLimits {
             payload_bytes: PAYLOAD_BYTES,
             max_retries: MAX_RETRIES_CAP,
+            pending_per_user: PENDING_PER_USER,
         }
     }
 }

@@ -82,6 +82,19 @@ impl Store {
         Ok(self.table_info(table).await?.state(writes_schedule))
     }
 
+    /// Sets the pending-job quota of one record user in `table` (`fn::<table>_quota` reads it;
+    /// see `schema/job.surql`): the configured `limits.perUser.pending` takes effect when the
+    /// runner starts, also on a table created earlier.
+    pub async fn set_pending_quota(&self, table: &str, limit: u32) -> Result<(), StoreError> {
+        const STATEMENT: &str = "DEFINE PARAM OVERWRITE $<table>_pending_per_user";
+        let table = Self::table(table)?;
+        let query = self.db.query(format!(
+            "DEFINE PARAM OVERWRITE ${table}_pending_per_user VALUE {limit}"
+        ));
+        self.exec(STATEMENT, query).await?;
+        Ok(())
+    }
+
     /// `DEFINE NAMESPACE` and `DEFINE DATABASE`, idempotently.
     pub async fn define_namespace_and_database(&self) -> Result<(), StoreError> {
         const STATEMENT: &str = "DEFINE NAMESPACE IF NOT EXISTS; DEFINE DATABASE IF NOT EXISTS";

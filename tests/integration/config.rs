@@ -229,6 +229,25 @@ fn shape_and_range_error_cases() -> Vec<(String, &'static str, &'static str)> {
         ),
         (
             backend_yaml(&format!(
+                "{GOOD}    limits:\n      perUser:\n        pending: 0\n"
+            )),
+            "apps.api.limits.perUser.pending",
+            "outside the allowed range 1 to",
+        ),
+        (
+            backend_yaml(&format!(
+                "{GOOD}    limits:\n      perUser:\n        pendng: 5\n"
+            )),
+            "apps.api.limits.perUser.pendng",
+            "unknown key; perUser takes `pending`",
+        ),
+        (
+            backend_yaml(&format!("{GOOD}    limits:\n      payloadByte: 2048\n")),
+            "apps.api.limits.payloadByte",
+            "unknown key; limits takes",
+        ),
+        (
+            backend_yaml(&format!(
                 "{GOOD}    schedules:\n      - name: s\n        schedule: rate(99999999999999 days)\n        path: /spookify\n"
             )),
             "apps.api.schedules[0].schedule",

@@ -382,24 +382,32 @@ async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
         from: None,
         expired: false,
     };
-    let drain = async |claimer: Claimer| {
-        let mut mine = Vec::new();
-        loop {
-            match claimer.look_and_take(&store, "job", 16, narrow).await {
-                Ok(Some((found, jobs))) => {
-                    if Claimer::found(&found) == 0 {
-                        return mine;
+    // Each runner drains in a task of its own, both released at once: polled from one task,
+    // one drain could take the whole backlog before the other's first claim.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let drain = |claimer: Claimer| {
+        let (store, start) = (store.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            let mut mine = Vec::new();
+            loop {
+                match claimer.look_and_take(&store, "job", 16, narrow).await {
+                    Ok(Some((found, jobs))) => {
+                        if Claimer::found(&found) == 0 {
+                            return mine;
+                        }
+                        mine.extend(jobs.into_iter().map(|j| j.id.to_sql()));
                     }
-                    mine.extend(jobs.into_iter().map(|j| j.id.to_sql()));
+                    Ok(None) => panic!("no other priority is due"),
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => panic!("{e}"),
                 }
-                Ok(None) => panic!("no other priority is due"),
-                Err(e) if e.is_conflict() => {}
-                Err(e) => panic!("{e}"),
             }
-        }
+        })
     };
     let b = Claimer::new("runner-b", Duration::from_secs(60));
-    let (a, b) = tokio::join!(drain(claimer_a()), drain(b));
+    let (a, b) = (drain(claimer_a()), drain(b));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert!(
         !a.is_empty() && !b.is_empty(),
         "both runners claimed: {} and {}",

@@ -200,3 +200,72 @@ async fn an_app_user_cannot_write_an_oversized_row() {
         "key over 256 characters"
     );
 }
+
+/// One user cannot grow the queue without bound: with the default `limits.perUser.pending`
+/// (1000), the database refuses that user's 1001st pending job at `db.run()` time with a message
+/// the app can show; another user, and a system user, are not refused.
+#[tokio::test]
+async fn the_database_refuses_a_users_job_over_the_pending_quota() {
+    let store = mem_store().await;
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+        .await
+        .unwrap();
+    define_app_access(&store).await;
+    let ada = app_user(&store, "ada").await;
+    let bob = app_user(&store, "bob").await;
+    rows(
+        &ada,
+        "FOR $n IN 0..1000 { CREATE job SET path = '/spookify', payload = '{}' }",
+    )
+    .await
+    .unwrap();
+    let refused = create_as(&ada, "a6000000000000000000000000000000", "")
+        .await
+        .expect_err("the 1001st pending job is refused");
+    assert!(
+        refused.to_string().contains(
+            "too many pending jobs: at most 1000 of yours may wait at once (limits.perUser.pending)"
+        ),
+        "{refused}"
+    );
+    create_as(&bob, "b6000000000000000000000000000000", "")
+        .await
+        .expect("another user is not refused");
+    store
+        .raw("CREATE job SET path = '/spookify', payload = '{}'")
+        .await
+        .expect("a system user is never limited");
+    let pending = count_status(&store, "job", "pending").await;
+    assert_eq!(pending, 1002);
+}
+
+/// `limits.perUser.pending` from the config is what the database enforces once a runner has
+/// prepared the table.
+#[tokio::test]
+async fn the_configured_quota_is_the_one_enforced() {
+    let store = mem_store().await;
+    let limited = backends_with(
+        "http://127.0.0.1:9",
+        "job",
+        "baseMs: 50\n    limits:\n      perUser:\n        pending: 2",
+    );
+    assert_eq!(limited[0].backend.row_limits.pending_per_user, 2);
+    sp00ky_job_runner::commands::prepare_tables(&store, &limited)
+        .await
+        .unwrap();
+    define_app_access(&store).await;
+    let ada = app_user(&store, "ada").await;
+    for key in [
+        "a7000000000000000000000000000001",
+        "a7000000000000000000000000000002",
+    ] {
+        create_as(&ada, key, "").await.unwrap();
+    }
+    let refused = create_as(&ada, "a7000000000000000000000000000003", "")
+        .await
+        .expect_err("the third pending job is refused");
+    assert!(
+        refused.to_string().contains("at most 2 of yours"),
+        "{refused}"
+    );
+}
