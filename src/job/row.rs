@@ -325,6 +325,7 @@ mod tests {
         let limits = RowLimits {
             payload_bytes: 1024,
             max_retries: 25,
+            ..RowLimits::default()
         };
         let row = read_row(
             &json!({"path": "/x", "max_retries": 4_000_000_000u64}),
@@ -341,6 +342,7 @@ mod tests {
         let limits = RowLimits {
             payload_bytes: 1024,
             max_retries: 25,
+            ..RowLimits::default()
         };
         let value = json!({"big": "y".repeat(1100)});
         let text = payload_text(value.clone());
@@ -361,6 +363,7 @@ mod tests {
         let limits = RowLimits {
             payload_bytes: 1024,
             max_retries: 25,
+            ..RowLimits::default()
         };
         // Not even JSON: the size is refused first, so an oversized row costs no parse.
         let text = format!("{{not json {}", "x".repeat(2000));
