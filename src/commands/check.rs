@@ -7,6 +7,7 @@ use super::settings::{ONE_SHOT_WAIT, connect, db_settings, load_backends, wait_f
 use crate::config::{self, EnvLookup};
 use crate::job::retry::RetryPolicy;
 use crate::store;
+use crate::store::TableName;
 
 /// `check`: print what the runner would serve; any problem is an error.
 pub async fn check(global: &GlobalArgs, env: EnvLookup<'_>) -> Result<(), AppError> {
@@ -86,19 +87,15 @@ pub async fn schema(
         } else {
             None
         };
-    let tables: Vec<String> = match (&args.table, &config) {
-        (Some(table), _) => {
-            if !crate::store::is_identifier(table) {
-                return Err(AppError::Usage(format!(
-                    "--table {table:?}: must be letters, digits and underscores"
-                )));
-            }
-            vec![table.clone()]
-        }
+    let tables: Vec<TableName> = match (&args.table, &config) {
+        (Some(table), _) => vec![
+            TableName::new(table)
+                .map_err(|message| AppError::Usage(format!("--table: {message}")))?,
+        ],
         (None, Some(config)) if !config.backends.is_empty() => {
             config.backends.iter().map(|b| b.table.clone()).collect()
         }
-        _ => vec!["job".into()],
+        _ => vec![TableName::new("job").expect("`job` is an identifier")],
     };
     if !args.apply {
         for table in &tables {

@@ -16,12 +16,12 @@ use crate::ops::admin::Admin;
 use crate::ops::listener::OpsState;
 use crate::runner::{BackendRuntime, Runner, RunnerOptions, RunnerStatus};
 use crate::schedule::scheduler::{self, Planned};
-use crate::store::{self, Store, TableState};
+use crate::store::{self, Store, TableName, TableState};
 
 /// Whether the table of `backend` exists, after refusing one that lacks fields the runner
 /// writes, with the exact statements to apply. A backend with schedules also writes `schedule`.
 pub async fn table_exists(store: &Store, backend: &Backend) -> Result<bool, AppError> {
-    let table = backend.table.as_str();
+    let table = &backend.table;
     match store
         .inspect_table(table, !backend.schedules.is_empty())
         .await?
@@ -148,7 +148,7 @@ async fn serve(
     let mut server = spawn_listener(listener, &store, &runner, args, admin_token, &stop);
     let mut side = JoinSet::new();
     side.spawn(notify_systemd(status.clone(), stop.clone()));
-    let tables: Vec<String> = backends_tables(&runner);
+    let tables: Vec<TableName> = backends_tables(&runner);
     let runner_id = status.runner_id.clone();
     // `--once` runs what is due when it starts; a schedule's later ticks are not that.
     if !args.once {
@@ -282,7 +282,7 @@ fn kept_backends(runner: &Runner) -> Vec<crate::runner::retention::Kept> {
         .collect()
 }
 
-fn backends_tables(runner: &Runner) -> Vec<String> {
+fn backends_tables(runner: &Runner) -> Vec<TableName> {
     let backends = runner.backends();
     backends.iter().map(|b| b.backend.table.clone()).collect()
 }
@@ -290,7 +290,7 @@ fn backends_tables(runner: &Runner) -> Vec<String> {
 /// The end of `--once`: an error when this runner left jobs `processing`.
 async fn left_processing(
     store: &Store,
-    tables: &[String],
+    tables: &[TableName],
     due_by: chrono::DateTime<chrono::Utc>,
     runner_id: &str,
 ) -> Result<(), AppError> {
@@ -311,7 +311,7 @@ async fn left_processing(
 async fn drained(
     store: &Store,
     status: &RunnerStatus,
-    tables: &[String],
+    tables: &[TableName],
     due_by: chrono::DateTime<chrono::Utc>,
 ) {
     loop {

@@ -63,7 +63,7 @@ pub struct Backend {
     /// The name under `backends:`/`apps:`; used in logs, metrics and `enqueue`.
     pub name: String,
     /// The job table; validated as a plain identifier so the store can name it in SurrealQL.
-    pub table: String,
+    pub table: crate::store::TableName,
     /// Every request of this backend goes under this URL and nowhere else.
     pub base_url: Url,
     /// The bearer token; a `SecretString` so `Debug` and logs can never print it.

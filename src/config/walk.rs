@@ -9,7 +9,7 @@ use url::Url;
 use super::env::interpolate;
 use super::limits::{TIMEOUT, TIMEOUT_RANGE_SECS};
 use super::{ConfigError, EnvLookup, Origin};
-use crate::store::is_identifier;
+use crate::store::TableName;
 
 /// Walks the JSON tree, carrying what every error needs to say.
 pub(super) struct Walker<'a> {
@@ -135,15 +135,8 @@ impl Walker<'_> {
         }
     }
 
-    pub(super) fn table_name(&self, table: &str, key: &str) -> Result<String, ConfigError> {
-        if is_identifier(table) {
-            Ok(table.to_string())
-        } else {
-            Err(self.err(
-                key,
-                format!("table name {table:?} must be letters, digits and underscores, not starting with a digit"),
-            ))
-        }
+    pub(super) fn table_name(&self, table: &str, key: &str) -> Result<TableName, ConfigError> {
+        TableName::new(table).map_err(|message| self.err(key, message))
     }
 
     pub(super) fn base_url(&self, value: Option<&Value>, key: &str) -> Result<Url, ConfigError> {

@@ -17,7 +17,7 @@ use crate::config::limits::{self, RowLimits};
 use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::row::{Job, read_count, read_job};
 use crate::store::{
-    Candidate, Claim, ClaimedRow, DueHint, DueRows, JobStatus, Look, Store, StoreError,
+    Candidate, Claim, ClaimedRow, DueHint, DueRows, JobStatus, Look, Store, StoreError, TableName,
 };
 
 /// Due rows seen by [`Claimer::find`], not yet taken.
@@ -125,7 +125,7 @@ impl Claimer {
     pub async fn claim(
         &self,
         store: &Store,
-        table: &str,
+        table: &TableName,
         limit: usize,
         watermark: &mut Watermark,
         at: Instant,
@@ -140,7 +140,7 @@ impl Claimer {
     pub async fn find(
         &self,
         store: &Store,
-        table: &str,
+        table: &TableName,
         limit: usize,
         look: Look,
     ) -> Result<Found, StoreError> {
@@ -223,7 +223,7 @@ impl Claimer {
     pub async fn look_and_take(
         &self,
         store: &Store,
-        table: &str,
+        table: &TableName,
         limit: usize,
         look: Look,
     ) -> Result<Option<(Found, Vec<Job>)>, StoreError> {

@@ -14,7 +14,7 @@ use crate::job::failure::{Failure, FailureKind, History, TrimPlan};
 use crate::job::retry::Strategy;
 use crate::job::row;
 use crate::runner::BackendRuntime;
-use crate::store::{JobFilter, JobStatus, NewJob, PageKey, Store, StoreError};
+use crate::store::{JobFilter, JobStatus, NewJob, PageKey, Store, StoreError, TableName};
 
 /// Why an action was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -215,16 +215,17 @@ impl Admin {
     }
 
     /// The configured job table `table`, or the only one when none is named.
-    pub(crate) fn table(&self, table: Option<&str>) -> Result<String, AdminError> {
+    pub(crate) fn table(&self, table: Option<&str>) -> Result<TableName, AdminError> {
         match (table, self.backends.as_slice()) {
-            (Some(table), _) => {
-                if !self.backends.iter().any(|b| b.backend.table == table) {
-                    return Err(AdminError::NotFound(format!(
-                        "{table:?} is not a configured job table"
-                    )));
-                }
-                Ok(table.to_string())
-            }
+            (Some(table), _) => self
+                .backends
+                .iter()
+                .map(|b| &b.backend.table)
+                .find(|configured| *configured == table)
+                .cloned()
+                .ok_or_else(|| {
+                    AdminError::NotFound(format!("{table:?} is not a configured job table"))
+                }),
             (None, [only]) => Ok(only.backend.table.clone()),
             (None, _) => Err(AdminError::BadRequest(
                 "several job tables are configured: name one with `table`".into(),

@@ -12,7 +12,7 @@ use super::{BackendRuntime, RunnerOptions};
 use crate::config::limits;
 use crate::job::claim::{Claimer, Found, Watermark};
 use crate::job::row::Job;
-use crate::store::{DueHint, Look, Store, StoreError};
+use crate::store::{DueHint, Look, Store, StoreError, TableName};
 
 pub(super) struct Lane {
     pub(super) runtime: Arc<BackendRuntime>,
@@ -47,7 +47,7 @@ impl Lane {
         &self.runtime.backend.name
     }
 
-    pub(super) fn table(&self) -> &str {
+    pub(super) fn table(&self) -> &TableName {
         &self.runtime.backend.table
     }
 

@@ -306,7 +306,7 @@ impl Runner {
         let mut watchers = JoinSet::new();
         for (index, lane) in self.lanes.iter().enumerate() {
             let target = WatchTarget {
-                table: lane.table().to_string(),
+                table: lane.table().clone(),
                 backend: index,
                 hints: hints.clone(),
             };

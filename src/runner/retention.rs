@@ -22,7 +22,7 @@ use crate::store::{Finished, JobFilter, Store};
 #[derive(Debug, Clone)]
 pub struct Kept {
     pub backend: String,
-    pub table: String,
+    pub table: crate::store::TableName,
     pub retention: Retention,
 }
 

@@ -9,10 +9,10 @@ use crate::job::record::Decision;
 use crate::job::row::Job;
 use crate::runner::activity::Activity;
 use crate::runner::metrics::Metrics;
-use crate::store::{StatusCounts, Store};
+use crate::store::{StatusCounts, Store, TableName};
 
 /// Each job table with its rows per status, in the order the backends are configured.
-pub type RowCounts = Arc<Vec<(String, StatusCounts)>>;
+pub type RowCounts = Arc<Vec<(TableName, StatusCounts)>>;
 
 /// Counting every row of every table is a scan, so however short the poll interval, the counts
 /// are read at most this often.
@@ -36,7 +36,7 @@ pub struct RunnerStatus {
     pub metrics: Arc<Metrics>,
     /// What the dashboard shows live.
     pub activity: Activity,
-    tables: Vec<String>,
+    tables: Vec<TableName>,
     /// Live queries currently armed; ready when every table has one.
     pub(super) live_armed: AtomicUsize,
     /// When the main loop last went round, so the watchdog only pings a loop that is alive.
@@ -54,7 +54,7 @@ impl RunnerStatus {
     /// `backends`: each backend's name and job table.
     pub(super) fn new(
         options: &super::RunnerOptions,
-        backends: Vec<(String, String)>,
+        backends: Vec<(String, TableName)>,
     ) -> RunnerStatus {
         let tables = backends.iter().map(|(_, table)| table.clone()).collect();
         let rows_every = options.poll_interval.max(ROWS_EVERY_AT_LEAST);
@@ -62,7 +62,12 @@ impl RunnerStatus {
             runner_id: options.runner_id.clone(),
             concurrency: options.concurrency,
             metrics: Arc::new(Metrics::new()),
-            activity: Activity::new(backends.into_iter().collect()),
+            activity: Activity::new(
+                backends
+                    .into_iter()
+                    .map(|(name, table)| (name, table.to_string()))
+                    .collect(),
+            ),
             tables,
             live_armed: AtomicUsize::new(0),
             last_tick: Mutex::new(Instant::now()),
@@ -110,7 +115,7 @@ impl RunnerStatus {
             return read.counts.clone();
         }
         read.at = Some(Instant::now());
-        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+        let tables: Vec<&TableName> = self.tables.iter().collect();
         match store.counts_by_status(&tables).await {
             Ok(counts) => {
                 let counts: RowCounts = Arc::new(self.tables.iter().cloned().zip(counts).collect());

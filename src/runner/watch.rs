@@ -30,7 +30,7 @@ const MAX_HINTS: usize = 1024;
 
 /// What one live query watches, and where its hints go.
 pub(super) struct WatchTarget {
-    pub(super) table: String,
+    pub(super) table: crate::store::TableName,
     pub(super) backend: usize,
     pub(super) hints: Arc<Mutex<Hints>>,
 }

@@ -12,7 +12,7 @@ use crate::store::{NewJob, Store, StoreError};
 /// One schedule of one backend's table.
 #[derive(Debug, Clone)]
 pub struct Planned {
-    pub table: String,
+    pub table: crate::store::TableName,
     pub schedule: Schedule,
 }
 

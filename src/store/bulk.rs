@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{Finished, JobStatus, Store, StoreError, query_err};
+use super::{Finished, JobStatus, Store, StoreError, TableName, query_err};
 
 /// Rows one bulk statement touches; a bulk verb runs slices of this size until none is left or
 /// its own bound is reached.
@@ -56,7 +56,7 @@ impl Store {
     /// of each write, so a row that changed meanwhile is left alone.
     pub async fn retry_failed_matching(
         &self,
-        table: &str,
+        table: &TableName,
         filter: &JobFilter,
         bound: usize,
     ) -> Result<u64, StoreError> {
@@ -76,7 +76,7 @@ impl Store {
     /// returns how many.
     pub async fn delete_finished_matching(
         &self,
-        table: &str,
+        table: &TableName,
         status: Finished,
         filter: &JobFilter,
         bound: usize,
@@ -95,13 +95,12 @@ impl Store {
     /// touched) on them, until a slice touches nothing or `bound` rows were touched.
     async fn in_slices(
         &self,
-        table: &str,
+        table: &TableName,
         filter: &JobFilter,
         bound: usize,
         statement: &'static str,
         write: &str,
     ) -> Result<u64, StoreError> {
-        let table = Self::table(table)?;
         let mut total = 0u64;
         while (total as usize) < bound {
             let slice = SLICE.min(bound - total as usize);
@@ -127,12 +126,11 @@ impl Store {
     /// holds (`processing`).
     pub async fn open_work(
         &self,
-        table: &str,
+        table: &TableName,
         due_by: DateTime<Utc>,
         assignee: &str,
     ) -> Result<(u64, u64), StoreError> {
         const STATEMENT: &str = "SELECT count() of due and held rows";
-        let table = Self::table(table)?;
         let query = self
             .db
             .query(format!(

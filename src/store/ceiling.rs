@@ -5,18 +5,21 @@
 
 use surrealdb::types::RecordId;
 
-use super::{Store, StoreError, query_err};
+use super::{Store, StoreError, TableName, query_err};
 
 impl Store {
     /// One round of the ideal queue on `table`: up to `batch` due pending ids, one conditional
     /// claim of them, one result write. Three round trips, as a batched queue needs at least
     /// (the claim must see which rows it won before it may call anything). Returns the rows
     /// written `success`.
-    pub async fn ceiling_round(&self, table: &str, batch: usize) -> Result<usize, StoreError> {
+    pub async fn ceiling_round(
+        &self,
+        table: &TableName,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
         const FIND: &str = "SELECT VALUE id ... LIMIT $batch (ceiling)";
         const CLAIM: &str = "UPDATE $ids ... WHERE status = 'pending' (ceiling)";
         const RESULT: &str = "UPDATE $ids SET status = 'success' (ceiling)";
-        let table = Self::table(table)?;
         let query = self
             .db
             .query(format!(

@@ -5,12 +5,13 @@ use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
 use super::{
-    ErrorEntry, Finished, JobFilter, JobStatus, PageKey, StatusCounts, Store, StoreError, query_err,
+    ErrorEntry, Finished, JobFilter, JobStatus, PageKey, StatusCounts, Store, StoreError,
+    TableName, query_err,
 };
 
 impl Store {
     /// Creates a pending job the way `db.run` does; returns its id.
-    pub async fn enqueue(&self, table: &str, job: NewJob) -> Result<RecordId, StoreError> {
+    pub async fn enqueue(&self, table: &TableName, job: NewJob) -> Result<RecordId, StoreError> {
         let key = new_job_key();
         self.create_job(table, &key, job)
             .await?
@@ -23,13 +24,12 @@ impl Store {
     /// Creates a job under `key`; `None` when a row with that id already exists.
     pub async fn create_job(
         &self,
-        table: &str,
+        table: &TableName,
         key: &str,
         job: NewJob,
     ) -> Result<Option<RecordId>, StoreError> {
         const STATEMENT: &str = "CREATE ONLY job";
-        let table = Self::table(table)?;
-        let id = RecordId::new(table, key.to_string());
+        let id = RecordId::new(table.as_str(), key.to_string());
         let query = self
             .db
             .query(format!(
@@ -53,9 +53,12 @@ impl Store {
     }
 
     /// Creates many pending jobs in one statement (the benchmark's and tests' bulk loader).
-    pub async fn enqueue_many(&self, table: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError> {
+    pub async fn enqueue_many(
+        &self,
+        table: &TableName,
+        jobs: Vec<NewJob>,
+    ) -> Result<usize, StoreError> {
         const STATEMENT: &str = "INSERT INTO ... (bulk)";
-        let table = Self::table(table)?;
         let count = jobs.len();
         let rows: Vec<serde_json::Value> = jobs
             .into_iter()
@@ -80,9 +83,12 @@ impl Store {
 
     /// Deletes every row of `table` that ended `status`; returns how many. In slices: one
     /// statement deleting tens of thousands of rows outlasts the statement bound.
-    pub async fn delete_finished(&self, table: &str, status: Finished) -> Result<u64, StoreError> {
+    pub async fn delete_finished(
+        &self,
+        table: &TableName,
+        status: Finished,
+    ) -> Result<u64, StoreError> {
         const STATEMENT: &str = "DELETE ... WHERE status = $status (finished)";
-        let table = Self::table(table)?;
         let mut total = 0;
         loop {
             let query = self
@@ -101,9 +107,8 @@ impl Store {
     }
 
     /// How many rows of `table` have `status` (on the status index).
-    pub async fn count(&self, table: &str, status: JobStatus) -> Result<u64, StoreError> {
+    pub async fn count(&self, table: &TableName, status: JobStatus) -> Result<u64, StoreError> {
         const STATEMENT: &str = "SELECT count() WHERE status = $status";
-        let table = Self::table(table)?;
         let query = self
             .db
             .query(format!(
@@ -118,14 +123,16 @@ impl Store {
     /// Rows per status of each table, in one request: what the dashboard and `/metrics` read
     /// once per refresh, however many pages are open and however often it is scraped. Rows
     /// whose status is none of the four are not counted.
-    pub async fn counts_by_status(&self, tables: &[&str]) -> Result<Vec<StatusCounts>, StoreError> {
+    pub async fn counts_by_status(
+        &self,
+        tables: &[&TableName],
+    ) -> Result<Vec<StatusCounts>, StoreError> {
         const STATEMENT: &str = "SELECT status, count() GROUP BY status";
         if tables.is_empty() {
             return Ok(Vec::new());
         }
         let mut text = String::new();
         for table in tables {
-            let table = Self::table(table)?;
             text.push_str(&format!(
                 "SELECT status, count() AS n FROM {table} GROUP BY status;"
             ));
@@ -164,13 +171,12 @@ impl Store {
     /// rows created, changed or deleted meanwhile never shift a page).
     pub async fn list_jobs(
         &self,
-        table: &str,
+        table: &TableName,
         filter: &JobFilter,
         after: Option<PageKey>,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         const STATEMENT: &str = "SELECT page of jobs";
-        let table = Self::table(table)?;
         let (at, after_id) = after.map(|k| (k.created_at, k.id)).unzip();
         let query = self
             .db

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use surrealdb::types::{RecordId, Value};
 
-use super::{Store, StoreError, query_err};
+use super::{Store, StoreError, TableName, query_err};
 
 /// A live query on a table's pending rows: its id on the database, and its hints.
 pub struct Watch {
@@ -23,9 +23,8 @@ impl Store {
     /// live query running on the database (the SDK kills it from another session, which the
     /// server refuses), and each one left behind costs the database work on every write to the
     /// table.
-    pub async fn watch_pending(&self, table: &str) -> Result<Watch, StoreError> {
+    pub async fn watch_pending(&self, table: &TableName) -> Result<Watch, StoreError> {
         const STATEMENT: &str = "LIVE SELECT";
-        let table = Self::table(table)?;
         let query = self.db.query(format!(
             "LIVE SELECT id, due_at FROM {table} WHERE status = 'pending'"
         ));

@@ -32,6 +32,7 @@ pub mod rates;
 pub mod schedules;
 pub mod schema;
 pub mod status;
+pub mod table;
 
 pub use bulk::{JobFilter, PageKey};
 pub use jobs::{NewJob, new_job_key};
@@ -45,6 +46,7 @@ pub use schema::{
     schema_for,
 };
 pub use status::{Finished, JobStatus, StatusCounts, UnknownStatus};
+pub use table::TableName;
 
 /// A failure to talk to SurrealDB, as opposed to a job's failure.
 #[derive(Debug, thiserror::Error)]
@@ -306,18 +308,6 @@ impl Store {
     /// Connection state shared by every clone of this store.
     pub fn health(&self) -> &Health {
         &self.health
-    }
-
-    /// The table name, checked once more at the last moment before it enters a statement.
-    fn table(table: &str) -> Result<&str, StoreError> {
-        if is_identifier(table) {
-            Ok(table)
-        } else {
-            Err(StoreError::Shape {
-                statement: "(table name)",
-                detail: format!("{table:?} is not a plain identifier"),
-            })
-        }
     }
 
     /// The underlying handle, for tests that need SurrealDB features the runner does not use.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{ErrorEntry, JobStatus, Store, StoreError, query_err, split_row};
+use super::{ErrorEntry, JobStatus, Store, StoreError, TableName, query_err, split_row};
 
 /// What one look at a table scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +99,12 @@ impl Store {
     /// one.
     pub async fn due_candidates(
         &self,
-        table: &str,
+        table: &TableName,
         now: DateTime<Utc>,
         limit: usize,
         look: Look,
     ) -> Result<DueRows, StoreError> {
         const STATEMENT: &str = "SELECT due rows";
-        let table = Self::table(table)?;
         let range = due_range(look.from);
         let expired = if look.expired {
             format!(
@@ -173,14 +172,13 @@ impl Store {
     /// probe claims nothing (a claim whose request then errors would hold rows nobody runs).
     pub async fn look_and_claim(
         &self,
-        table: &str,
+        table: &TableName,
         now: DateTime<Utc>,
         limit: usize,
         from: Option<DateTime<Utc>>,
         claim: &Claim<'_>,
     ) -> Result<LookAndClaim, StoreError> {
         const STATEMENT: &str = "SELECT due rows, then UPDATE $due WHERE status = 'pending'";
-        let table = Self::table(table)?;
         let range = due_range(from);
         let query = self
             .db
@@ -231,7 +229,7 @@ impl Store {
     /// [`Store::due_candidates`] for why this is a second round trip).
     async fn due_by_priority(
         &self,
-        table: &str,
+        table: &TableName,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<(Vec<Value>, Vec<Value>), StoreError> {

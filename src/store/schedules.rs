@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use surrealdb::types::{RecordId, Value};
 
-use super::{NewJob, Store, StoreError, query_err};
+use super::{NewJob, Store, StoreError, TableName, query_err};
 
 impl Store {
     /// The last tick a schedule produced (`sp00ky_schedule`, the runner's own table).
@@ -56,15 +56,14 @@ impl Store {
     /// or conflict and find it moved on their retry). `Ok(false)`: another runner had it.
     pub async fn fire_tick(
         &self,
-        table: &str,
+        table: &TableName,
         state_key: &str,
         key: &str,
         tick: DateTime<Utc>,
         job: NewJob,
     ) -> Result<bool, StoreError> {
         const STATEMENT: &str = "claim a schedule tick and CREATE its job";
-        let table = Self::table(table)?;
-        let id = RecordId::new(table, key.to_string());
+        let id = RecordId::new(table.as_str(), key.to_string());
         let query = self
             .db
             .query(format!(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use surrealdb::types::Value;
 
-use super::{Store, StoreError, ident, query_err};
+use super::{Store, StoreError, TableName, ident, query_err};
 
 /// The shipped schema, written for a table named `job`.
 pub const SCHEMA: &str = include_str!("../../schema/job.surql");
@@ -76,7 +76,7 @@ impl Store {
     /// What `table` is for a runner that writes `schedule` when `writes_schedule`.
     pub async fn inspect_table(
         &self,
-        table: &str,
+        table: &TableName,
         writes_schedule: bool,
     ) -> Result<TableState, StoreError> {
         Ok(self.table_info(table).await?.state(writes_schedule))
@@ -85,9 +85,8 @@ impl Store {
     /// Sets the pending-job quota of one record user in `table` (`fn::<table>_quota` reads it;
     /// see `schema/job.surql`): the configured `limits.perUser.pending` takes effect when the
     /// runner starts, also on a table created earlier.
-    pub async fn set_pending_quota(&self, table: &str, limit: u32) -> Result<(), StoreError> {
+    pub async fn set_pending_quota(&self, table: &TableName, limit: u32) -> Result<(), StoreError> {
         const STATEMENT: &str = "DEFINE PARAM OVERWRITE $<table>_pending_per_user";
-        let table = Self::table(table)?;
         let query = self.db.query(format!(
             "DEFINE PARAM OVERWRITE ${table}_pending_per_user VALUE {limit}"
         ));
@@ -124,8 +123,7 @@ impl Store {
         }
     }
 
-    pub async fn table_info(&self, table: &str) -> Result<TableInfo, StoreError> {
-        let table = Self::table(table)?;
+    pub async fn table_info(&self, table: &TableName) -> Result<TableInfo, StoreError> {
         let query = self.db.query("INFO FOR DB");
         let mut response = self.exec("INFO FOR DB", query).await?;
         let db_info: Option<serde_json::Value> =
@@ -133,7 +131,7 @@ impl Store {
         let db_info = db_info.unwrap_or_default();
         let Some(definition) = db_info
             .get("tables")
-            .and_then(|t| t.get(table))
+            .and_then(|t| t.get(table.as_str()))
             .and_then(|d| d.as_str())
         else {
             return Ok(TableInfo::default());
@@ -162,8 +160,7 @@ impl Store {
     }
 
     /// Applies the shipped schema to `table`; every statement is `IF NOT EXISTS`.
-    pub async fn apply_schema(&self, table: &str) -> Result<(), StoreError> {
-        let table = Self::table(table)?;
+    pub async fn apply_schema(&self, table: &TableName) -> Result<(), StoreError> {
         self.exec("schema/job.surql", self.db.query(schema_for(table)))
             .await?;
         Ok(())
@@ -171,9 +168,8 @@ impl Store {
 
     /// Rows written before the table had a `due_at` default (or by Sp00ky's reference runner,
     /// which leaves crashed jobs `processing` forever) get one, so the claim query sees them.
-    pub async fn backfill_due(&self, table: &str) -> Result<usize, StoreError> {
+    pub async fn backfill_due(&self, table: &TableName) -> Result<usize, StoreError> {
         const STATEMENT: &str = "UPDATE ... SET due_at, priority WHERE either is NONE";
-        let table = Self::table(table)?;
         let query = self.db.query(format!(
             "UPDATE {table} SET due_at = due_at ?? created_at ?? time::now(), priority = priority ?? 0 \
                  WHERE (due_at = NONE OR priority = NONE) AND status IN ['pending', 'processing'] RETURN id"
@@ -206,7 +202,7 @@ pub fn definitions_for(table: &str, fields: &[&str]) -> String {
                 || statement.starts_with(&format!("DEFINE FIELD IF NOT EXISTS {field}.*."))
         };
         if fields.iter().any(|f| defines(f))
-            || (statement.starts_with("DEFINE INDEX")
+            || (statement.starts_with(&format!("DEFINE INDEX IF NOT EXISTS {table}_due "))
                 && QUEUE_FIELDS.iter().any(|f| fields.contains(f)))
         {
             out.push(format!("{statement};"));

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use sp00ky_job_runner::store::Store;
 use surrealdb::types::{RecordId, ToSql};
 
-use crate::helpers::{Raw, Recorded, Reply, TestBackend, count_status, row, wait_until};
+use crate::helpers::{
+    Raw, Recorded, Reply, TestBackend, count_status, row, table_named, wait_until,
+};
 use crate::processes::*;
 
 fn per_job(requests: &[Recorded]) -> HashMap<String, usize> {
@@ -174,7 +176,7 @@ async fn four_runner_processes_run_2000_jobs_exactly_once() {
     let backend = TestBackend::ok().await;
     let project = project(&backend.url, 200, 5_000);
     // Apply the schema once, so four runners do not race to define the table.
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     let mut runners = Vec::new();
     for _ in 0..4 {
         runners.push(RunnerProcess::start(&server, project.path(), &["--concurrency", "16"]).await);
@@ -471,7 +473,7 @@ async fn a_burst_of_notifications_does_not_drop_the_main_connection() {
     const JOBS: usize = 1500;
     let server = Server::start().await;
     let store = server.store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     let backend = TestBackend::ok().await;
     let project = project(&backend.url, 200, 5_000);
     let runner = RunnerProcess::start(&server, project.path(), &["--concurrency", "32"]).await;
@@ -502,13 +504,13 @@ async fn a_re_armed_live_query_leaves_one_subscription_on_the_server() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let server = Server::start().await;
     for store in [server.store().await, crate::helpers::mem_store().await] {
-        store.apply_schema("job").await.unwrap();
+        store.apply_schema(&table_named("job")).await.unwrap();
         let watcher = store.own_connection().await.unwrap();
         for _ in 0..3 {
-            let watch = watcher.watch_pending("job").await.unwrap();
+            let watch = watcher.watch_pending(&table_named("job")).await.unwrap();
             watcher.end_watch(watch).await.unwrap();
         }
-        let _armed = watcher.watch_pending("job").await.unwrap();
+        let _armed = watcher.watch_pending(&table_named("job")).await.unwrap();
         let info = store.raw("INFO FOR TABLE job").await.unwrap();
         let lives = info[0]["lives"].as_object().unwrap();
         assert_eq!(lives.len(), 1, "{lives:?}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TOKEN, TestBackend, fixture, row, wait_until};
+use crate::helpers::{Reply, TOKEN, TestBackend, fixture, row, table_named, wait_until};
 use crate::processes::{ROOT_PASS, ROOT_USER, Server, wait_exit};
 
 fn repo(path: &str) -> PathBuf {
@@ -22,7 +22,7 @@ async fn an_environment_only_start_runs_jobs() {
     let _turn = crate::processes::ONE_AT_A_TIME.lock().await;
     let server = Server::start().await;
     let store = server.store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     let backend = TestBackend::start(|_, _| Reply::ok()).await;
     let empty = tempfile::tempdir().unwrap();
     let job_config = json!([{

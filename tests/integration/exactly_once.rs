@@ -84,7 +84,7 @@ async fn batched_successes_only_write_rows_whose_lease_they_hold() {
     let claimed = claimer
         .claim(
             &store,
-            "job",
+            &table_named("job"),
             3,
             &mut sp00ky_job_runner::job::claim::Watermark::new(Duration::from_secs(1)),
             std::time::Instant::now(),
@@ -146,7 +146,7 @@ async fn a_row_due_below_where_looks_start_is_claimed_by_the_next_full_look() {
     let start = std::time::Instant::now();
     let mut claim_one = async |at| {
         let claimed = claimer
-            .claim(&store, "job", 1, &mut watermark, at)
+            .claim(&store, &table_named("job"), 1, &mut watermark, at)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1, "one row is due");
@@ -314,7 +314,7 @@ async fn one_request_claims_oldest_first_and_yields_to_other_priorities() {
     let claimer = claimer_a();
     let take = async |limit| {
         claimer
-            .look_and_take(&store, "job", limit, narrow)
+            .look_and_take(&store, &table_named("job"), limit, narrow)
             .await
             .unwrap()
     };
@@ -391,7 +391,10 @@ async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
             start.wait().await;
             let mut mine = Vec::new();
             loop {
-                match claimer.look_and_take(&store, "job", 16, narrow).await {
+                match claimer
+                    .look_and_take(&store, &table_named("job"), 16, narrow)
+                    .await
+                {
                     Ok(Some((found, jobs))) => {
                         if Claimer::found(&found) == 0 {
                             return mine;
@@ -462,13 +465,13 @@ fn one_request_claims_take_what_the_ordered_claim_takes() {
             };
             let narrow = Look { from: None, expired: false };
             let quick = claimer_a()
-                .look_and_take(&fill().await, "job", limit, narrow)
+                .look_and_take(&fill().await, &table_named("job"), limit, narrow)
                 .await
                 .unwrap()
                 .map(|(_, jobs)| jobs.into_iter().map(|j| j.id.to_sql()).collect::<Vec<_>>());
             let mut watermark = Watermark::new(Duration::from_secs(60));
             let ordered: Vec<String> = claimer_a()
-                .claim(&fill().await, "job", limit, &mut watermark, std::time::Instant::now())
+                .claim(&fill().await, &table_named("job"), limit, &mut watermark, std::time::Instant::now())
                 .await
                 .unwrap()
                 .into_iter()

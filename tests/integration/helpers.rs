@@ -391,6 +391,11 @@ impl Raw for Store {
     }
 }
 
+/// A table name the store accepts, for tests that name a table of their own.
+pub fn table_named(name: &str) -> sp00ky_job_runner::store::TableName {
+    sp00ky_job_runner::store::TableName::new(name).expect("a test table name is an identifier")
+}
+
 /// Creates a row with exactly the given fields.
 pub async fn insert_row(store: &Store, table: &str, fields: Value) -> RecordId {
     let id = RecordId::new(table, sp00ky_job_runner::store::new_job_key());

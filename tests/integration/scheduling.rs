@@ -183,7 +183,7 @@ pub(crate) fn schedule(
     )
     .unwrap();
     sp00ky_job_runner::schedule::scheduler::Planned {
-        table: "job".into(),
+        table: table_named("job"),
         schedule: config.backends[0].schedules[0].clone(),
     }
 }
@@ -212,7 +212,7 @@ async fn tick_rows(store: &sp00ky_job_runner::store::Store, name: &str) -> Vec<i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_runners_create_exactly_one_row_per_tick() {
     let store = mem_store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     let plan = schedule("every_second", "* * * * * *", "run-once");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -266,7 +266,7 @@ async fn three_runners_create_exactly_one_row_per_tick() {
 async fn missed_ticks_run_once_or_are_skipped() {
     for (missed, expected_rows) in [("run-once", 1usize), ("skip", 0)] {
         let store = mem_store().await;
-        store.apply_schema("job").await.unwrap();
+        store.apply_schema(&table_named("job")).await.unwrap();
         let name = format!("minutely_{}", missed.replace('-', "_"));
         let plan = schedule(&name, "rate(1 minutes)", missed);
         // The last tick this schedule produced was ten minutes ago: nine ticks were missed.

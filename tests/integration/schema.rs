@@ -74,8 +74,8 @@ async fn a_schemafull_table_without_runner_fields_is_refused_with_the_fix() {
 #[tokio::test]
 async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
     let store = mem_store().await;
-    store.apply_schema("job").await.unwrap();
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     // Both the claim query and the probe for non-zero priorities are forward ranges on the index.
     let claim = plan(&store, "SELECT id FROM job WHERE status = 'pending' AND priority = 0 AND due_at <= d'2030-01-01T00:00:00Z' ORDER BY due_at LIMIT 10").await;
     let probe = plan(&store, "SELECT VALUE id FROM job WHERE status = 'pending' AND priority > 0 AND due_at <= d'2030-01-01T00:00:00Z' LIMIT 1").await;
@@ -100,7 +100,7 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
             "{what} must scan forwards: {plan}"
         );
     }
-    let info = store.table_info("job").await.unwrap();
+    let info = store.table_info(&table_named("job")).await.unwrap();
     assert!(info.schemafull);
     for field in store::RUNNER_FIELDS {
         assert!(info.fields.contains_key(field), "{field}");
@@ -112,7 +112,7 @@ async fn the_schema_applies_twice_and_the_claim_query_uses_its_index() {
 #[tokio::test]
 async fn a_signed_in_app_user_can_create_jobs_but_not_forge_their_state() {
     let store = mem_store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     define_app_access(&store).await;
     let app = app_user(&store, "ada").await;
 

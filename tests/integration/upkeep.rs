@@ -60,7 +60,7 @@ async fn retention_deletes_old_finished_rows_once_per_turn_whoever_asks() {
     let old_pending = row_changed_days_ago(&store, "pending", 90).await;
     let kept = Kept {
         backend: "api".into(),
-        table: "job".into(),
+        table: table_named("job"),
         retention: Retention {
             success: Some(Duration::from_secs(7 * 86_400)),
             failed: Some(Duration::from_secs(30 * 86_400)),

@@ -35,7 +35,7 @@ async fn every_status_reaches_a_live_query_and_an_event_exactly_once() {
     let _turn = crate::processes::ONE_AT_A_TIME.lock().await;
     let server = Server::start().await;
     let store = server.store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     store.raw(STATUS_EVENT).await.unwrap();
     define_app_access(&store).await;
     let app = app_session(&server).await;

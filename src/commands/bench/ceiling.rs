@@ -72,7 +72,7 @@ async fn measure(
     let per_loop = jobs.div_ceil(loops);
     let mut tables = Vec::new();
     for lane in 0..loops {
-        let table = format!("bench_ceiling_{name}_{lane}");
+        let table = bench_table(&format!("bench_ceiling_{name}_{lane}"));
         store.apply_schema(&table).await?;
         insert(store, &table, per_loop).await?;
         tables.push(table);

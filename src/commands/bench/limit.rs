@@ -20,13 +20,17 @@ pub(super) fn jobs(count: usize, payload: impl Fn(usize) -> String) -> Vec<NewJo
         .collect()
 }
 
-pub(super) async fn load(store: &Store, table: &str, count: usize) -> Result<(), BenchError> {
+pub(super) async fn load(store: &Store, table: &TableName, count: usize) -> Result<(), BenchError> {
     store.apply_schema(table).await?;
     insert(store, table, count).await
 }
 
 /// Inserts `count` pending jobs, a thousand per statement.
-pub(super) async fn insert(store: &Store, table: &str, count: usize) -> Result<(), BenchError> {
+pub(super) async fn insert(
+    store: &Store,
+    table: &TableName,
+    count: usize,
+) -> Result<(), BenchError> {
     for chunk in jobs(count, |_| "{}".into()).chunks(1_000) {
         store.enqueue_many(table, chunk.to_vec()).await?;
     }
@@ -54,7 +58,7 @@ pub(super) fn limit_claimer() -> (Claimer, Watermark) {
 }
 
 pub(super) async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
-    let table = "bench_limit_lockstep";
+    let table = &bench_table("bench_limit_lockstep");
     load(store, table, args.jobs).await?;
     let started = Instant::now();
     lockstep(store, table, args.jobs, args.concurrency).await?;
@@ -65,7 +69,7 @@ pub(super) async fn limit_lockstep(store: &Store, args: &BenchArgs) -> Result<f6
 /// one statement per claim: the database's work for those jobs, without a runner.
 pub(super) async fn lockstep(
     store: &Store,
-    table: &str,
+    table: &TableName,
     count: usize,
     concurrency: usize,
 ) -> Result<(), BenchError> {
@@ -85,7 +89,7 @@ pub(super) async fn lockstep(
 }
 
 pub(super) async fn limit_pipelined(store: &Store, args: &BenchArgs) -> Result<f64, BenchError> {
-    let table = "bench_limit";
+    let table = &bench_table("bench_limit");
     load(store, table, args.jobs).await?;
     let (claimer, mut watermark) = limit_claimer();
     let permits = Arc::new(Semaphore::new(args.concurrency));

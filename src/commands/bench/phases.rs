@@ -5,14 +5,14 @@ use super::*;
 /// A runner over `table` against `backend`, with `(concurrency, claim_ahead)`.
 pub(super) fn runner(
     store: &Store,
-    table: &str,
+    table: &TableName,
     backend: &BenchBackend,
     (concurrency, claim_ahead): (usize, usize),
 ) -> Runner {
     let runtime = BackendRuntime {
         backend: Backend {
-            name: table.into(),
-            table: table.into(),
+            name: table.to_string(),
+            table: table.clone(),
             base_url: backend.url.parse().expect("a local URL"),
             token: None,
             spec: None,
@@ -58,7 +58,7 @@ pub(super) async fn with_runner<T>(
 /// Pre-inserts `count` jobs and times the runner draining them.
 pub(super) async fn drain(
     store: &Store,
-    table: &str,
+    table: &TableName,
     backend: &BenchBackend,
     count: usize,
     slots: (usize, usize),
@@ -81,7 +81,7 @@ pub(super) async fn drain(
 /// polled while the runner works, then briefly for the last write-backs.
 pub(super) async fn wait_succeeded(
     store: &Store,
-    table: &str,
+    table: &TableName,
     backend: &BenchBackend,
     answered_before: usize,
     count: u64,
@@ -101,7 +101,7 @@ pub(super) async fn pickup(
     backend: &BenchBackend,
     args: &BenchArgs,
 ) -> Result<(Percentiles, usize), BenchError> {
-    let table = "bench_pickup";
+    let table = &bench_table("bench_pickup");
     store.apply_schema(table).await?;
     backend
         .state
@@ -154,7 +154,7 @@ pub(super) async fn memory(
     backend: &BenchBackend,
     args: &BenchArgs,
 ) -> Result<(f64, f64), BenchError> {
-    let table = "bench_memory";
+    let table = &bench_table("bench_memory");
     store.apply_schema(table).await?;
     let runner = runner(store, table, backend, (args.concurrency, args.claim_ahead));
     // The runner starts on a batch while it is still being inserted, so each batch is counted
@@ -178,7 +178,7 @@ pub(super) async fn memory_database_alone(
     store: &Store,
     args: &BenchArgs,
 ) -> Result<(f64, f64), BenchError> {
-    let table = "bench_memory_database";
+    let table = &bench_table("bench_memory_database");
     store.apply_schema(table).await?;
     batches(store, table, args, async |count| {
         lockstep(store, table, count, args.concurrency).await
@@ -190,7 +190,7 @@ pub(super) async fn memory_database_alone(
 /// finished rows; returns the RSS after the first batch and after the last, in MiB.
 pub(super) async fn batches(
     store: &Store,
-    table: &str,
+    table: &TableName,
     args: &BenchArgs,
     mut process: impl AsyncFnMut(usize) -> Result<(), BenchError>,
 ) -> Result<(f64, f64), BenchError> {

@@ -46,7 +46,7 @@ async fn one_size(
     args: &BenchArgs,
     processes: usize,
 ) -> Result<ScaleRow, BenchError> {
-    let table = format!("bench_scale_{processes}");
+    let table = bench_table(&format!("bench_scale_{processes}"));
     store.apply_schema(&table).await?;
     let dir = tempfile::tempdir().map_err(setup)?;
     std::fs::write(dir.path().join("openapi.yml"), SPEC).map_err(setup)?;

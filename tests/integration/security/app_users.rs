@@ -112,7 +112,7 @@ async fn app_users_see_only_their_own_jobs_and_never_a_lease() {
 #[tokio::test]
 async fn an_app_user_cannot_create_a_job_as_another() {
     let store = mem_store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     define_app_access(&store).await;
     let bob = app_user(&store, "bob").await;
     let forged = create_as(
@@ -198,7 +198,7 @@ async fn app_users_cannot_jump_the_queue() {
 #[tokio::test]
 async fn a_forged_schedule_row_neither_suppresses_nor_replaces_a_tick() {
     let store = mem_store().await;
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     define_app_access(&store).await;
     let ada = app_user(&store, "ada").await;
     let next = chrono::Utc::now().timestamp() + 1;
@@ -269,9 +269,9 @@ async fn applying_the_schema_never_loosens_a_sp00ky_table() {
     store.raw(crate::schema::SP00KY_TABLE).await.unwrap();
     let table = "RETURN (INFO FOR DB).tables.job";
     let before = store.raw(table).await.unwrap();
-    store.apply_schema("job").await.unwrap();
+    store.apply_schema(&table_named("job")).await.unwrap();
     assert_eq!(store.raw(table).await.unwrap(), before);
-    let info = store.table_info("job").await.unwrap();
+    let info = store.table_info(&table_named("job")).await.unwrap();
     for field in ["due_at", "lease_token", "created_by", "schedule"] {
         assert!(info.fields.contains_key(field), "{field} was not added");
     }
