@@ -355,7 +355,7 @@ where
 
 /// A random fencing token; unique per claim, so a stale runner's writes match nothing.
 fn new_token() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    crate::store::unguessable_hex()
 }
 
 #[cfg(test)]

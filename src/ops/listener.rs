@@ -130,11 +130,25 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
+    let mut response = match refusal(&state, &headers) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    };
+    // Admin answers carry job data: no browser or proxy cache may keep a copy.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The answer to a request whose `headers` lack the admin token; `None` when they carry it.
+fn refusal(state: &OpsState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &state.admin_token else {
-        return error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "the admin API is off: start the runner with SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file",
-        );
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -142,13 +156,13 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), expected.expose_secret().as_bytes()) => {
-            next.run(request).await
+            None
         }
-        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong admin token"),
-        None => error(
+        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong admin token")),
+        None => Some(error(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer <admin token>`",
-        ),
+        )),
     }
 }
 

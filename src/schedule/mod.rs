@@ -161,10 +161,10 @@ impl Schedule {
     /// random suffix), so no row can be made in its place ahead of time.
     pub fn tick_key(&self, tick: DateTime<Utc>) -> String {
         format!(
-            "sched_{}_{}_{:016x}",
+            "sched_{}_{}_{}",
             self.name,
             tick.timestamp(),
-            fastrand::u64(..)
+            crate::store::unguessable_hex()
         )
     }
 

@@ -91,7 +91,11 @@ where
 async fn drive(store: Store, plan: Planned) {
     let schedule = &plan.schedule;
     if let Every::Reboot = schedule.every {
-        let key = format!("sched_{}_reboot_{:016x}", schedule.name, fastrand::u64(..));
+        let key = format!(
+            "sched_{}_reboot_{}",
+            schedule.name,
+            crate::store::unguessable_hex()
+        );
         persist("create the @reboot job", || {
             store.create_job(&plan.table, &key, plan.job(None))
         })

@@ -53,7 +53,9 @@ pub struct PageKey {
 impl Store {
     /// Puts up to `bound` failed rows matching `filter` back to `pending` with a fresh attempt
     /// budget (their errors stay), `SLICE` at a time; returns how many. The status test is part
-    /// of each write, so a row that changed meanwhile is left alone.
+    /// of each write, so a row that changed meanwhile is left alone. A row an operator
+    /// cancelled (its last entry is `cancelled`) is not retried in bulk: it failed on purpose
+    /// (retrying it by id still works).
     pub async fn retry_failed_matching(
         &self,
         table: &TableName,
@@ -68,7 +70,8 @@ impl Store {
         const WRITE: &str = "UPDATE $ids SET status = 'pending', retries = 0, \
             due_at = time::now(), assignee = NONE, lease_token = NONE, updated_at = time::now() \
             WHERE status = 'failed' RETURN VALUE id;";
-        self.in_slices(table, &filter, bound, STATEMENT, WRITE)
+        let not_cancelled = "(array::last(errors).kind ?? '') != 'cancelled'";
+        self.in_slices(table, &filter, bound, STATEMENT, (not_cancelled, WRITE))
             .await
     }
 
@@ -87,7 +90,7 @@ impl Store {
             ..filter.clone()
         };
         const WRITE: &str = "DELETE $ids WHERE status = $status RETURN BEFORE;";
-        self.in_slices(table, &filter, bound, STATEMENT, WRITE)
+        self.in_slices(table, &filter, bound, STATEMENT, ("true", WRITE))
             .await
     }
 
@@ -99,7 +102,7 @@ impl Store {
         filter: &JobFilter,
         bound: usize,
         statement: &'static str,
-        write: &str,
+        (condition, write): (&str, &str),
     ) -> Result<u64, StoreError> {
         let mut total = 0u64;
         while (total as usize) < bound {
@@ -107,7 +110,8 @@ impl Store {
             let query = self
                 .db
                 .query(format!(
-                    "LET $ids = (SELECT VALUE id FROM {table} WHERE {} LIMIT $slice); {write}",
+                    "LET $ids = (SELECT VALUE id FROM {table} WHERE {} AND {condition} LIMIT $slice); \
+                     {write}",
                     JobFilter::CONDITION,
                 ))
                 .bind(filter.bindings())

@@ -293,5 +293,14 @@ pub struct NewJob {
 
 /// `job:<32 hex chars>`, like the Sp00ky client.
 pub fn new_job_key() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    unguessable_hex()
+}
+
+/// 128 bits from the operating system's generator, as 32 hex digits: for what nobody may guess
+/// (lease tokens, the keys of jobs and schedule ticks). `fastrand` stays for jitter and backoff,
+/// where a seeded generator is enough.
+pub fn unguessable_hex() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    format!("{:032x}", u128::from_ne_bytes(bytes))
 }

@@ -35,7 +35,7 @@ pub mod status;
 pub mod table;
 
 pub use bulk::{JobFilter, PageKey};
-pub use jobs::{NewJob, new_job_key};
+pub use jobs::{NewJob, new_job_key, unguessable_hex};
 pub use live::{DueHint, Watch};
 pub use queue::{
     Candidate, Claim, ClaimedRow, DueRows, INLINE_CHARS, Look, LookAndClaim, WriteBack,

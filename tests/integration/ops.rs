@@ -249,6 +249,20 @@ async fn the_admin_api_needs_the_right_token() {
     )
     .await;
     assert_eq!((code, body), (200, json!({"jobs": []})));
+    // No cache may keep an admin answer, granted or refused.
+    for token in [Some(ADMIN), Some("wrong"), None] {
+        let mut request = client().get(format!("{guarded}/v1/jobs"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let cache = response.headers().get("cache-control");
+        assert_eq!(
+            cache.and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "{token:?}"
+        );
+    }
     // Health and metrics stay open: they carry no job data.
     assert_eq!(
         client()
@@ -300,6 +314,30 @@ impl AdminApi {
 }
 
 /// Bad enqueue requests and malformed bodies: each a 4xx with a JSON error, never a crash.
+/// Cancelling a pending job ends it `failed` (again: 409), and a bulk retry leaves what an
+/// operator cancelled alone.
+async fn cancel_then_retry_in_bulk(api: &AdminApi, id: &str) {
+    // Cancel a pending job; cancelling again conflicts.
+    let (code, cancelled) = api.post(&format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "failed");
+    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
+    assert_eq!(
+        api.post(&format!("/v1/jobs/{id}/cancel"), None).await.0,
+        409
+    );
+
+    // A retry by id still takes it (below).
+    let (code, bulk) = api
+        .post("/v1/jobs/retry", Some(json!({"status": "failed"})))
+        .await;
+    assert_eq!((code, bulk["touched"].as_u64()), (200, Some(0)), "{bulk}");
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id}")).await.1["status"],
+        "failed"
+    );
+}
+
 async fn bad_requests_get_clear_errors(api: &AdminApi) {
     for (body, expected) in [
         (
@@ -384,15 +422,7 @@ async fn admin_verbs_and_malformed_requests() {
 
     bad_requests_get_clear_errors(&api).await;
 
-    // Cancel a pending job; cancelling again conflicts.
-    let (code, cancelled) = api.post(&format!("/v1/jobs/{id}/cancel"), None).await;
-    assert_eq!(code, 200, "{cancelled}");
-    assert_eq!(cancelled["status"], "failed");
-    assert_eq!(cancelled["errors"][0]["kind"], "cancelled");
-    assert_eq!(
-        api.post(&format!("/v1/jobs/{id}/cancel"), None).await.0,
-        409
-    );
+    cancel_then_retry_in_bulk(&api, &id).await;
 
     // Retry the failed job: pending again, fresh budget, history kept.
     let (code, retried) = api.post(&format!("/v1/jobs/{id}/retry"), None).await;
