@@ -75,7 +75,9 @@ pub async fn health(
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let url = format!("http://{addr}/healthz");
+    // Never through a proxy from the environment: the runner is on this machine.
     let client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(std::time::Duration::from_secs(3))
         .build()
         .expect("a plain client builds");

@@ -38,7 +38,9 @@ impl RemoteAdmin {
         RemoteAdmin {
             base: format!("http://{addr}"),
             token,
+            // Never through a proxy from the environment, which would receive the admin token.
             client: reqwest::Client::builder()
+                .no_proxy()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
                 .expect("a plain client builds"),

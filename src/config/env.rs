@@ -1,7 +1,6 @@
 //! The environment: `SPKY_JOB_CONFIG` (what `spky dev` hands its sidecar), `${VAR}` in string
 //! values, and dotenv files.
 
-use secrecy::SecretString;
 use serde_json::Value;
 
 use super::walk::{Walker, describe};
@@ -39,10 +38,14 @@ pub fn from_env_json(
         let table = walker.required_string(obj.get("table"), &table_key)?;
         let table = walker.table_name(&table, &table_key)?;
         let base_url = walker.base_url(obj.get("base_url"), &format!("{key}.base_url"))?;
-        let token = walker
-            .opt_string(obj.get("auth_token"), &format!("{key}.auth_token"))?
+        let token_key = format!("{key}.auth_token");
+        let token = match walker
+            .opt_string(obj.get("auth_token"), &token_key)?
             .filter(|t| !t.is_empty())
-            .map(SecretString::from);
+        {
+            Some(token) => Some(walker.bearer_token(token, &token_key)?),
+            None => None,
+        };
         let timeout = walker.timeout(obj.get("timeout"), &format!("{key}.timeout"))?;
         let timeout_overridable = walker
             .opt_bool(

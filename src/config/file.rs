@@ -202,9 +202,11 @@ impl Walker<'_> {
             .opt_string(auth.get("type"), &format!("{auth_key}.type"))?
             .as_deref()
         {
-            Some("token") => Ok(Some(SecretString::from(
-                self.required_string(auth.get("token"), &format!("{auth_key}.token"))?,
-            ))),
+            Some("token") => {
+                let key = format!("{auth_key}.token");
+                let token = self.required_string(auth.get("token"), &key)?;
+                Ok(Some(self.bearer_token(token, &key)?))
+            }
             None | Some("none") => Ok(None),
             Some(other) => Err(self.err(
                 &format!("{auth_key}.type"),

@@ -9,6 +9,8 @@ use url::Url;
 use super::env::interpolate;
 use super::limits::{TIMEOUT, TIMEOUT_RANGE_SECS};
 use super::{ConfigError, EnvLookup, Origin};
+use secrecy::SecretString;
+
 use crate::store::TableName;
 
 /// Walks the JSON tree, carrying what every error needs to say.
@@ -131,6 +133,28 @@ impl Walker<'_> {
             Some(secs) => Err(self.err(
                 key,
                 format!("timeout must be between 1 and 3600 seconds, got {secs}"),
+            )),
+        }
+    }
+
+    /// A backend's bearer token, refused at load when a header cannot carry it (a stray newline
+    /// from an env file, say): otherwise every call would fail as a transport error, retried on
+    /// every job. The message never quotes the token.
+    pub(super) fn bearer_token(
+        &self,
+        token: String,
+        key: &str,
+    ) -> Result<SecretString, ConfigError> {
+        let sendable = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
+        match token.bytes().position(|b| !sendable(b)) {
+            None => Ok(SecretString::from(token)),
+            Some(at) => Err(self.err(
+                key,
+                format!(
+                    "the token cannot be sent in an Authorization header: character {} of {} is a control or non-ASCII character (a stray newline?)",
+                    at + 1,
+                    token.len()
+                ),
             )),
         }
     }

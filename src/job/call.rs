@@ -43,7 +43,10 @@ pub struct CallContext<'a> {
 
 impl Caller {
     pub fn new() -> Caller {
+        // `no_proxy`: an `HTTP_PROXY`/`ALL_PROXY` in the environment must not receive the
+        // bearer token and every payload (it would, loopback backends included).
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sp00ky-job-runner/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -241,3 +241,37 @@ fn check_lists_each_schedule_with_its_next_fire_times() {
     assert!(line.contains("`0 3 * * *` /spookify -> next:"), "{line}");
     assert_eq!(line.matches("03:00:00 UTC").count(), 3, "{line}");
 }
+
+/// A proxy named by the environment never sees the CLI's calls to a runner (which carry the
+/// admin token); backend calls build their client the same way (`Caller::new`).
+#[tokio::test]
+async fn calls_never_go_through_a_proxy_from_the_environment() {
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let runner_listener = crate::helpers::TestBackend::ok().await;
+    let listen = runner_listener
+        .url
+        .trim_start_matches("http://")
+        .to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        runner()
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .args(["health", "--listen", &listen])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(runner_listener.count(), 1, "the call reached the runner");
+    assert!(proxy.accept().is_err(), "the proxy was asked");
+}

@@ -229,6 +229,13 @@ fn shape_and_range_error_cases() -> Vec<(String, &'static str, &'static str)> {
         ),
         (
             backend_yaml(&format!(
+                "{GOOD}    auth:\n      type: token\n      token: \"s3cret-token\\n\"\n"
+            )),
+            "apps.api.auth.token",
+            "character 13 of 13 is a control or non-ASCII character (a stray newline?)",
+        ),
+        (
+            backend_yaml(&format!(
                 "{GOOD}    limits:\n      perUser:\n        pending: 0\n"
             )),
             "apps.api.limits.perUser.pending",
