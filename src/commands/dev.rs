@@ -156,6 +156,17 @@ fn spawn(spec: &DevSpec, db: &DbSettings, name: &str, env: EnvLookup<'_>) -> Res
     if let Some(pass) = &db.password {
         command.env("SPKY_DB_PASS", pass.expose_secret());
     }
+    // A runner killed outright (SIGKILL, a crash) cannot stop its children: the kernel sends
+    // them SIGTERM when it dies, so none is left holding its port.
+    // SAFETY: prctl(2) in the forked child before exec touches no memory of the parent.
+    unsafe {
+        command.pre_exec(
+            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            },
+        );
+    }
     command
         .current_dir(&spec.workdir)
         .stdin(Stdio::null())

@@ -94,23 +94,7 @@ async fn dev_mode_runs_and_stops_every_backend() {
     let project = dev_project();
     let root = project.path();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
-        .current_dir(root)
-        .env("PATH", stand_in_path(root))
-        .env_remove("SPKY_JOB_CONFIG")
-        .args([
-            "--db",
-            "mem://",
-            "--namespace",
-            "devtest",
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_dev(root);
     let lines = capture_lines(child.stdout.take().unwrap());
     let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
     wait_until(
@@ -138,7 +122,46 @@ async fn dev_mode_runs_and_stops_every_backend() {
         "string form runs from the project root: {all:?}"
     );
 
-    // Each child prints its line before it writes its pid: wait for the number, not the file.
+    let (alpha, beta) = children_pids(root).await;
+    assert!(alive(alpha) && alive(beta));
+
+    crate::processes::signal(child.id(), "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(30))
+        .await
+        .expect("dev mode exits on SIGINT");
+    assert!(status.success(), "{status}");
+    wait_until(
+        "the children to be gone",
+        Duration::from_secs(10),
+        || async { !alive(alpha) && !alive(beta) },
+    )
+    .await;
+}
+
+/// `dev` in `root` on an embedded database, with the stand-in `npm` and `uv` on its PATH.
+fn spawn_dev(root: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"))
+        .current_dir(root)
+        .env("PATH", stand_in_path(root))
+        .env_remove("SPKY_JOB_CONFIG")
+        .args([
+            "--db",
+            "mem://",
+            "--namespace",
+            "devtest",
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The pids of the alpha and beta children, once both wrote them (each prints its line before
+/// it writes its pid: wait for the number, not the file).
+async fn children_pids(root: &Path) -> (i32, i32) {
     let pid = |file: &str| -> Option<i32> {
         std::fs::read_to_string(root.join(file))
             .ok()?
@@ -148,19 +171,38 @@ async fn dev_mode_runs_and_stops_every_backend() {
     };
     wait_until(
         "both children wrote their pid",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || async { pid("alpha.pid").is_some() && pid("beta.pid").is_some() },
     )
     .await;
-    let (alpha, beta) = (pid("alpha.pid").unwrap(), pid("beta.pid").unwrap());
-    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
-    assert!(alive(alpha) && alive(beta));
+    (pid("alpha.pid").unwrap(), pid("beta.pid").unwrap())
+}
 
-    crate::processes::signal(child.id(), "INT");
-    let status = wait_exit(&mut child, Duration::from_secs(30))
+/// Whether `pid` runs (a zombie left for a parent that does not reap it counts as gone).
+fn alive(pid: i32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists && !zombie
+}
+
+/// A runner killed outright (SIGKILL, no chance to stop anything) takes its dev children with
+/// it: each is started with a parent-death signal, so the next `dev` finds its ports free.
+#[tokio::test]
+async fn dev_children_end_when_the_runner_is_killed() {
+    let project = dev_project();
+    let root = project.path();
+    let mut child = spawn_dev(root);
+    let (alpha, beta) = children_pids(root).await;
+    assert!(alive(alpha) && alive(beta));
+    crate::processes::signal(child.id(), "KILL");
+    wait_exit(&mut child, Duration::from_secs(10))
         .await
-        .expect("dev mode exits on SIGINT");
-    assert!(status.success(), "{status}");
+        .expect("a killed runner exits");
     wait_until(
         "the children to be gone",
         Duration::from_secs(10),
