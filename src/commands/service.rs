@@ -416,11 +416,35 @@ fn admin_token(args: &RunArgs, env: EnvLookup<'_>) -> Result<Option<SecretString
         })?),
         None => env("SPKY_RUNNER_ADMIN_TOKEN"),
     };
-    Ok(token
+    let Some(token) = token
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-        .map(SecretString::from))
+    else {
+        return Ok(None);
+    };
+    if token.chars().count() < ADMIN_TOKEN_CHARS {
+        let (origin, key) = match &args.admin_token_file {
+            Some(path) => (config::Origin::File(path.clone()), "--admin-token-file"),
+            None => (
+                config::Origin::Env("SPKY_RUNNER_ADMIN_TOKEN"),
+                "SPKY_RUNNER_ADMIN_TOKEN",
+            ),
+        };
+        return Err(AppError::Config(ConfigError {
+            origin,
+            key: key.into(),
+            message: format!(
+                "the admin token must be at least {ADMIN_TOKEN_CHARS} characters (it has {}); `openssl rand -hex 32` makes one",
+                token.chars().count()
+            ),
+        }));
+    }
+    Ok(Some(SecretString::from(token)))
 }
+
+/// The shortest admin token accepted: it guards every job of every table, and a short one is
+/// guessed quickly.
+const ADMIN_TOKEN_CHARS: usize = 16;
 
 /// Tells systemd (when it started us with `Type=notify`) READY once the live queries are armed,
 /// WATCHDOG while the main loop goes round, and STOPPING at shutdown. Without NOTIFY_SOCKET every

@@ -190,6 +190,29 @@ fn a_public_listener_without_an_admin_token_is_refused() {
     assert!(stderr.contains("not a loopback address"), "{stderr}");
 }
 
+/// A short admin token is refused at start, naming where it came from, never quoting it.
+#[test]
+fn a_short_admin_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
+    let output = runner()
+        .current_dir(dir.path())
+        .env("TEST_BASE_URL", "http://127.0.0.1:9")
+        .env("SPKY_RUNNER_ADMIN_TOKEN", "admin")
+        .args(["--db", "mem://", "run", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("SPKY_RUNNER_ADMIN_TOKEN")
+            && stderr.contains("must be at least 16 characters (it has 5)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("admin\""), "{stderr}");
+}
+
 #[test]
 fn schema_prints_the_table_definition() {
     let output = runner()
