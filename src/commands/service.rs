@@ -209,6 +209,10 @@ fn spawn_listener(
         refresh,
     )
     .with_stop(stop.clone());
+    let ops = match listener.local_addr() {
+        Ok(addr) => ops.bound_to(addr),
+        Err(_) => ops,
+    };
     if ops.admin_token.is_none() {
         tracing::info!("admin API off (no SPKY_RUNNER_ADMIN_TOKEN or --admin-token-file)");
     }

@@ -63,7 +63,42 @@ pub fn router(state: OpsState) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            loopback_names_only,
+        ))
         .with_state(state)
+}
+
+/// On a loopback listener, refuses a request whose `Host` names anything but a loopback host:
+/// a page in the operator's browser that rebinds its own name to 127.0.0.1 sends its own name.
+async fn loopback_names_only(
+    State(state): State<OpsState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let on_loopback = state.bound.is_some_and(|addr| addr.ip().is_loopback());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if on_loopback && !host.is_some_and(is_loopback_host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this listener is on loopback and answers only requests to 127.0.0.1, [::1] or localhost",
+        );
+    }
+    next.run(request).await
+}
+
+/// `127.0.0.1:8787`, `[::1]:8787`, `localhost` and the like.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What the listener answers while the runner waits for its database: alive (`/healthz` 200),
@@ -183,7 +218,12 @@ async fn ready(State(state): State<OpsState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
+async fn metrics(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    // Exposed beyond this machine, the metrics (tables, backends, counts) need the token too.
+    let exposed = state.bound.is_some_and(|addr| !addr.ip().is_loopback());
+    if exposed && let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
     // A read (at most one per interval, shared with the dashboard) sets the row gauges.
     state.status.row_counts(&state.store).await;
     state.status.copy_conflicts(&state.store);
@@ -285,5 +325,32 @@ fn respond<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_guard() {
+        for host in [
+            "127.0.0.1:8787",
+            "127.0.0.1",
+            "[::1]:8787",
+            "localhost:1",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "10.0.0.1:8787",
+            "localhost.attacker.example",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct OpsState {
     /// listener's graceful shutdown. Never cancelled unless [`OpsState::with_stop`] hands one
     /// in (tests).
     pub stop: CancellationToken,
+    /// Where the listener is bound, when the server knows it: on loopback, only requests that
+    /// name a loopback host are answered (a page in the operator's browser cannot reach it by
+    /// DNS rebinding); elsewhere `/metrics` also needs the admin token.
+    pub bound: Option<std::net::SocketAddr>,
 }
 
 impl OpsState {
@@ -44,7 +48,14 @@ impl OpsState {
             admin_token: admin_token.map(Arc::new),
             refresh,
             stop: CancellationToken::new(),
+            bound: None,
         }
+    }
+
+    /// Answers as the listener bound to `addr` must (see [`OpsState::bound`]).
+    pub fn bound_to(mut self, addr: std::net::SocketAddr) -> OpsState {
+        self.bound = Some(addr);
+        self
     }
 
     /// Ends live feeds once `stop` is cancelled.

@@ -22,10 +22,69 @@ pub(crate) async fn serve_ops(store: &Store, runner: &Runner, token: Option<&str
         token.map(|t| SecretString::from(t.to_string())),
         std::time::Duration::from_secs(1),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    serve_state_on(state, "127.0.0.1:0").await
+}
+
+/// Serves `state` on a listener bound to `addr`, as the service binds it; its URL on loopback.
+async fn serve_state_on(state: OpsState, addr: &str) -> String {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let url = format!("http://127.0.0.1:{}", bound.port());
+    let state = state.bound_to(bound);
     tokio::spawn(listener::serve(listener, state, std::future::pending()));
     url
+}
+
+/// A loopback listener answers only requests that name a loopback host (no DNS rebinding from
+/// a page in the operator's browser); an exposed one asks for the admin token on `/metrics`.
+#[tokio::test]
+async fn the_listener_answers_only_whom_it_should() {
+    let (store, runner) = prepared_runner("http://127.0.0.1:9", "hosts").await;
+    let local = serve_ops(&store, &runner, Some(ADMIN)).await;
+    let get = |url: String, host: Option<&'static str>, token: Option<&'static str>| async move {
+        let mut request = client().get(url);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(get(format!("{local}/healthz"), None, None).await, 200);
+    assert_eq!(
+        get(format!("{local}/healthz"), Some("localhost:1"), None).await,
+        200
+    );
+    assert_eq!(
+        get(format!("{local}/metrics"), Some("attacker.example"), None).await,
+        421
+    );
+    let admin = get(
+        format!("{local}/v1/jobs"),
+        Some("attacker.example:80"),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(admin, 421, "not even with the token");
+
+    let state = OpsState::new(
+        store.clone(),
+        runner.status(),
+        Admin::new(store.clone(), runner.backends()),
+        Some(SecretString::from(ADMIN.to_string())),
+        std::time::Duration::from_secs(1),
+    );
+    let exposed = serve_state_on(state, "0.0.0.0:0").await;
+    assert_eq!(get(format!("{exposed}/metrics"), None, None).await, 401);
+    assert_eq!(
+        get(format!("{exposed}/metrics"), None, Some(ADMIN)).await,
+        200
+    );
+    assert_eq!(
+        get(format!("{exposed}/healthz"), Some("anything.example"), None).await,
+        200
+    );
 }
 
 fn client() -> reqwest::Client {
