@@ -382,15 +382,20 @@ async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
         from: None,
         expired: false,
     };
-    // Each runner drains in a task of its own, both released at once: polled from one task,
-    // one drain could take the whole backlog before the other's first claim.
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    // Each runner drains in a task of its own. Their first rounds start together, so both race
+    // for the same rows: the loser's claim conflicts and is retried while the winner waits for
+    // the next round. Left to run free from the start, one drain can win every race on a busy
+    // machine and take the whole backlog, and the test would show no race at all.
+    const RACED_ROUNDS: usize = 3;
+    let round = std::sync::Arc::new(tokio::sync::Barrier::new(2));
     let drain = |claimer: Claimer| {
-        let (store, start) = (store.clone(), start.clone());
+        let (store, round) = (store.clone(), round.clone());
         tokio::spawn(async move {
-            start.wait().await;
             let mut mine = Vec::new();
-            loop {
+            for turn in 0.. {
+                if turn < RACED_ROUNDS {
+                    round.wait().await;
+                }
                 match claimer
                     .look_and_take(&store, &table_named("job"), 16, narrow)
                     .await
@@ -406,6 +411,7 @@ async fn one_request_claims_racing_on_one_backlog_never_take_a_row_twice() {
                     Err(e) => panic!("{e}"),
                 }
             }
+            unreachable!("a drain returns once nothing is due")
         })
     };
     let b = Claimer::new("runner-b", Duration::from_secs(60));
