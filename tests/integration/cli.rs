@@ -4,6 +4,30 @@ use std::process::Command;
 
 use crate::helpers::fixture;
 
+/// A project in a fresh directory: the fixture spec, and the fixture `sp00ky.yml` with `extra`
+/// appended to its backend (indented keys such as `    limits:\n      payloadBytes: 1024\n`).
+fn project(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
+    let config = std::fs::read_to_string(fixture("sp00ky-current.yml")).unwrap();
+    let config = format!("{}\n{extra}", config.trim_end());
+    std::fs::write(dir.path().join("sp00ky.yml"), config).unwrap();
+    dir
+}
+
+/// Runs the binary with `args` in `dir`, on a SurrealKV database of its own there.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let db = format!("surrealkv://{}", dir.join("db").display());
+    runner()
+        .current_dir(dir)
+        .env("TEST_BASE_URL", "http://127.0.0.1:9/api")
+        .arg("--db")
+        .arg(&db)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn runner() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sp00ky-job-runner"));
     command
@@ -72,20 +96,8 @@ fn the_job_verbs_work_on(run: &dyn Fn(&[&str]) -> std::process::Output, id: &str
 
 #[test]
 fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
-    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
-    let db = format!("surrealkv://{}", dir.path().join("db").display());
-    let run = |args: &[&str]| {
-        runner()
-            .current_dir(dir.path())
-            .env("TEST_BASE_URL", "http://127.0.0.1:9/api")
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let dir = project("");
+    let run = |args: &[&str]| run_in(dir.path(), args);
 
     let check = run(&["check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
@@ -135,25 +147,8 @@ fn check_prints_the_manifest_and_enqueue_validates_like_db_run() {
 /// `limits.payloadBytes` exits 2 with the claim's reason and writes nothing.
 #[test]
 fn enqueue_refuses_a_payload_over_the_backends_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
-    let config = std::fs::read_to_string(fixture("sp00ky-current.yml")).unwrap();
-    let limited = format!(
-        "{}\n    limits:\n      payloadBytes: 1024\n",
-        config.trim_end()
-    );
-    std::fs::write(dir.path().join("sp00ky.yml"), limited).unwrap();
-    let db = format!("surrealkv://{}", dir.path().join("db").display());
-    let run = |args: &[&str]| {
-        runner()
-            .current_dir(dir.path())
-            .env("TEST_BASE_URL", "http://127.0.0.1:9/api")
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let dir = project("    limits:\n      payloadBytes: 1024\n");
+    let run = |args: &[&str]| run_in(dir.path(), args);
     let big = serde_json::json!({"id": "x".repeat(5000)}).to_string();
     let refused = run(&["enqueue", "api", "/spookify", "--payload", &big]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -175,9 +170,7 @@ fn enqueue_refuses_a_payload_over_the_backends_limit() {
 
 #[test]
 fn a_public_listener_without_an_admin_token_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
-    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
+    let dir = project("");
     let output = runner()
         .current_dir(dir.path())
         .env("TEST_BASE_URL", "http://127.0.0.1:9")
@@ -193,9 +186,7 @@ fn a_public_listener_without_an_admin_token_is_refused() {
 /// A short admin token is refused at start, naming where it came from, never quoting it.
 #[test]
 fn a_short_admin_token_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("openapi.yml"), dir.path().join("openapi.yml")).unwrap();
-    std::fs::copy(fixture("sp00ky-current.yml"), dir.path().join("sp00ky.yml")).unwrap();
+    let dir = project("");
     let output = runner()
         .current_dir(dir.path())
         .env("TEST_BASE_URL", "http://127.0.0.1:9")

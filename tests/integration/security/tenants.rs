@@ -7,6 +7,17 @@ use super::WAIT;
 use super::app_users::{create_as, rows};
 use crate::helpers::*;
 
+/// An embedded store with table `job` prepared (for a backend nobody calls) and the app's
+/// record access defined.
+async fn store_with_app_users() -> sp00ky_job_runner::store::Store {
+    let store = mem_store().await;
+    sp00ky_job_runner::commands::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
+        .await
+        .unwrap();
+    define_app_access(&store).await;
+    store
+}
+
 /// Every call names the record user who created the job and the record it concerns, from the
 /// row (the database wrote `created_by`); a system user's job names no user.
 #[tokio::test]
@@ -157,11 +168,7 @@ async fn huge_rows_cannot_fail_another_users_job() {
 /// 1 MiB, a path over 2048 characters and a record key over 256 are refused at creation.
 #[tokio::test]
 async fn an_app_user_cannot_write_an_oversized_row() {
-    let store = mem_store().await;
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
-        .await
-        .unwrap();
-    define_app_access(&store).await;
+    let store = store_with_app_users().await;
     let ada = app_user(&store, "ada").await;
     let system = &store;
     let create = |key: String, path: String, payload: String| {
@@ -206,11 +213,7 @@ async fn an_app_user_cannot_write_an_oversized_row() {
 /// the app can show; another user, and a system user, are not refused.
 #[tokio::test]
 async fn the_database_refuses_a_users_job_over_the_pending_quota() {
-    let store = mem_store().await;
-    sp00ky_job_runner::commands::prepare_tables(&store, &backends("http://127.0.0.1:9", "job"))
-        .await
-        .unwrap();
-    define_app_access(&store).await;
+    let store = store_with_app_users().await;
     let ada = app_user(&store, "ada").await;
     let bob = app_user(&store, "bob").await;
     rows(
