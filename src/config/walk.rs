@@ -8,8 +8,9 @@ use url::Url;
 
 use super::env::interpolate;
 use super::limits::{TIMEOUT, TIMEOUT_RANGE_SECS};
-use super::{ConfigError, EnvLookup, Origin};
 use secrecy::SecretString;
+
+use super::{ConfigError, EnvLookup, Origin};
 
 use crate::store::TableName;
 
@@ -145,18 +146,24 @@ impl Walker<'_> {
         token: String,
         key: &str,
     ) -> Result<SecretString, ConfigError> {
-        let sendable = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
-        match token.bytes().position(|b| !sendable(b)) {
-            None => Ok(SecretString::from(token)),
-            Some(at) => Err(self.err(
-                key,
-                format!(
-                    "the token cannot be sent in an Authorization header: character {} of {} is a control or non-ASCII character (a stray newline?)",
-                    at + 1,
-                    token.len()
-                ),
-            )),
+        // The check is the one the call makes when it builds the header.
+        let sendable = |text: &str| reqwest::header::HeaderValue::from_str(text).is_ok();
+        if sendable(&token) {
+            return Ok(SecretString::from(token));
         }
+        let mut buffer = [0u8; 4];
+        let at = token
+            .chars()
+            .position(|c| !sendable(c.encode_utf8(&mut buffer)))
+            .unwrap_or_default();
+        Err(self.err(
+            key,
+            format!(
+                "the token cannot be sent in an Authorization header: character {} of {} is a control character (a stray newline?)",
+                at + 1,
+                token.chars().count()
+            ),
+        ))
     }
 
     pub(super) fn table_name(&self, table: &str, key: &str) -> Result<TableName, ConfigError> {
@@ -197,5 +204,33 @@ pub(super) fn describe(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use secrecy::ExposeSecret;
+
+    proptest! {
+        /// Whatever a token holds, it is accepted exactly when a header can carry it
+        /// (`reqwest`'s own check), and a refusal names the key.
+        #[test]
+        fn a_token_is_accepted_exactly_when_a_header_can_carry_it(token in "(?s).{0,40}") {
+            let origin = Origin::File("sp00ky.yml".into());
+            let walker = Walker { origin: &origin, env: &|_| None };
+            let sendable = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_ok();
+            match walker.bearer_token(token.clone(), "apps.api.auth.token") {
+                Ok(secret) => {
+                    prop_assert!(sendable);
+                    prop_assert_eq!(secret.expose_secret(), token.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(!sendable);
+                    prop_assert_eq!(e.key.as_str(), "apps.api.auth.token");
+                }
+            }
+        }
     }
 }

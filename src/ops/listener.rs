@@ -331,6 +331,16 @@ fn respond<T: serde::Serialize>(result: Result<T, AdminError>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::is_loopback_host;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any address with any port passes exactly when it is a loopback address.
+        #[test]
+        fn an_address_passes_exactly_when_it_is_loopback(ip: std::net::IpAddr, port: u16) {
+            let host = std::net::SocketAddr::new(ip, port).to_string();
+            prop_assert_eq!(is_loopback_host(&host), ip.is_loopback(), "{}", host);
+        }
+    }
 
     #[test]
     fn only_loopback_names_pass_the_host_guard() {

@@ -232,7 +232,7 @@ fn shape_and_range_error_cases() -> Vec<(String, &'static str, &'static str)> {
                 "{GOOD}    auth:\n      type: token\n      token: \"s3cret-token\\n\"\n"
             )),
             "apps.api.auth.token",
-            "character 13 of 13 is a control or non-ASCII character (a stray newline?)",
+            "character 13 of 13 is a control character (a stray newline?)",
         ),
         (
             backend_yaml(&format!(
